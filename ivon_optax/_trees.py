@@ -1,0 +1,61 @@
+"""Pytree checks shared by the update and the sampler.
+
+IVON may run inside ``optax.masked`` or ``optax.partition``, where the leaves it
+does not manage are replaced by :class:`optax.MaskedNode`. These helpers treat a
+``MaskedNode`` as a leaf, so that a tree with masked positions still lines up
+with the full tree of parameters, gradients or noise.
+"""
+
+from typing import Any
+
+import jax
+import optax
+
+
+def is_masked(node: Any) -> bool:
+  """Whether ``node`` stands for a leaf that IVON does not manage."""
+  return isinstance(node, optax.MaskedNode)
+
+
+def check_like_params(name: str, tree: Any, params: Any, fix: str) -> None:
+  """Raises a ``ValueError`` unless ``tree`` has the structure and shapes of ``params``.
+
+  Positions that are masked in ``params`` accept anything (``optax.masked``
+  forwards extra arguments unmasked).
+
+  Args:
+    name: the argument's name, for the message.
+    tree: the tree to check.
+    params: the reference tree (may contain ``MaskedNode`` leaves).
+    fix: what the caller should pass instead, for the message.
+  """
+  treedef = jax.tree.structure(params, is_leaf=is_masked)
+  try:
+    leaves = treedef.flatten_up_to(tree)
+  except (ValueError, TypeError) as error:
+    raise ValueError(
+        f"`{name}` must have the same tree structure as `params`; got "
+        f"{jax.tree.structure(tree)} for params {treedef}. {fix}"
+    ) from error
+  paths = jax.tree_util.tree_flatten_with_path(params, is_leaf=is_masked)[0]
+  for (path, param), leaf in zip(paths, leaves):
+    if is_masked(param) or is_masked(leaf):
+      continue
+    if jax.numpy.shape(leaf) != jax.numpy.shape(param):
+      raise ValueError(
+          f"`{name}` at {jax.tree_util.keystr(path)} has shape "
+          f"{jax.numpy.shape(leaf)} but the param there has shape "
+          f"{jax.numpy.shape(param)}. {fix}"
+      )
+
+
+def map_unmasked(fn, tree: Any, *rest: Any) -> Any:
+  """``jax.tree.map(fn, tree, *rest)`` that keeps ``MaskedNode`` positions of ``tree``.
+
+  ``rest`` may hold arrays, ``MaskedNode`` or ``None`` at the masked positions
+  of ``tree``.
+  """
+  def apply(node, *others):
+    return node if is_masked(node) else fn(node, *others)
+
+  return jax.tree.map(apply, tree, *rest, is_leaf=is_masked)

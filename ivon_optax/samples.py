@@ -1,0 +1,170 @@
+r"""Several Monte-Carlo weight samples per step.
+
+IVON's step needs, over the :math:`S` samples of a step, the mean gradient
+:math:`\tfrac1S\sum_s g_s` and one Hessian statistic: :math:`\tfrac1S\sum_s
+\text{noise}_s \odot g_s` (``hess_approx='price'``) or :math:`\tfrac1S\sum_s
+g_s^2` (``'gradsq'``). A :class:`SampleAverage` holds them. Build it
+
+* **in parallel**, from gradients and noise stacked on a leading sample axis
+  (``jax.vmap`` over keys), with :func:`average_samples`; or
+* **in sequence**, one sample (or micro-batch) at a time, with
+  :func:`init_sample_average` and :func:`add_sample`, holding one sample in
+  memory at a time.
+
+Both give the same averages; pass them as
+``tx.update(average.grads, state, params, samples=average)``. A step with one
+sample needs none of this: pass ``noise=`` directly.
+"""
+
+from typing import Any, NamedTuple, Optional
+
+import chex
+import jax
+import jax.numpy as jnp
+import optax
+
+from ivon_optax import _trees
+
+
+class SampleAverage(NamedTuple):
+  """Running Monte-Carlo means of the gradient statistics of one IVON step."""
+
+  count: chex.Array  # shape=(), dtype=jnp.int32: samples averaged so far.
+  grads: optax.Updates  # like params: mean of g_s.
+  noise_grads: Any  # like params: mean of noise_s * g_s ('price'), else ().
+  grads_squared: Any  # like params: mean of g_s**2 ('gradsq'), else ().
+
+
+def _check_hess_approx(hess_approx: str) -> None:
+  if hess_approx not in ("price", "gradsq"):
+    raise ValueError(
+        f"Invalid `hess_approx`={hess_approx!r}: use 'price' or 'gradsq', as "
+        "given to ivon_optax.ivon.")
+
+
+def _statistic_dtype(param, dtype: Optional[Any]):
+  if dtype is not None:
+    return jnp.dtype(dtype)
+  return jnp.promote_types(jnp.result_type(param), jnp.float32)
+
+
+def init_sample_average(
+    params: optax.Params, hess_approx: str = "price", dtype: Optional[Any] = None
+) -> SampleAverage:
+  """An empty :class:`SampleAverage` for ``params``.
+
+  Args:
+    params: the model's (mean) parameters.
+    hess_approx: the ``hess_approx`` given to :func:`ivon_optax.ivon`; only
+      the statistic it needs is allocated.
+    dtype: accumulator dtype; by default the param's dtype promoted to at
+      least float32.
+
+  Returns:
+    A :class:`SampleAverage` with ``count = 0`` and zero means.
+  """
+  _check_hess_approx(hess_approx)
+  zeros = lambda: _trees.map_unmasked(
+      lambda p: jnp.zeros(jnp.shape(p), _statistic_dtype(p, dtype)), params)
+  return SampleAverage(
+      count=jnp.zeros([], jnp.int32),
+      grads=zeros(),
+      noise_grads=zeros() if hess_approx == "price" else (),
+      grads_squared=zeros() if hess_approx == "gradsq" else (),
+  )
+
+
+def add_sample(
+    average: SampleAverage, grads: optax.Updates, noise: optax.Updates
+) -> SampleAverage:
+  r"""Adds one sample's gradient to the running means.
+
+  Each mean is updated as :math:`\mu \leftarrow \mu + (x - \mu) / n`.
+  Per-sample gradient transforms (e.g. clipping each micro-batch's gradient,
+  as in the paper's GPT-2 runs) belong before this call.
+
+  Args:
+    average: the running :class:`SampleAverage`.
+    grads: the loss gradient at ``params + noise``.
+    noise: the noise returned by :func:`ivon_optax.sample_params`.
+
+  Returns:
+    The updated :class:`SampleAverage`.
+  """
+  fix = "Pass the gradient and noise of one weight sample of these params."
+  _trees.check_like_params("grads", grads, average.grads, fix)
+  _trees.check_like_params("noise", noise, average.grads, fix)
+  count = optax.safe_increment(average.count)
+
+  def running_mean(mean, value):
+    return mean + (value.astype(mean.dtype) - mean) / count.astype(mean.dtype)
+
+  def update(mean, statistic):
+    if isinstance(mean, tuple) and not mean:
+      return mean
+    values = _trees.map_unmasked(statistic, mean, grads, noise)
+    return _trees.map_unmasked(running_mean, mean, values)
+
+  return SampleAverage(
+      count=count,
+      grads=update(average.grads, lambda m, g, n: g),
+      noise_grads=update(
+          average.noise_grads, lambda m, g, n: n.astype(m.dtype) * g.astype(m.dtype)),
+      grads_squared=update(average.grads_squared, lambda m, g, n: jnp.square(g.astype(m.dtype))),
+  )
+
+
+def average_samples(
+    grads: optax.Updates,
+    noise: optax.Updates,
+    hess_approx: str = "price",
+    dtype: Optional[Any] = None,
+) -> SampleAverage:
+  """The :class:`SampleAverage` of samples stacked on a leading axis.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, optax, ivon_optax
+    >>> params = {"w": jnp.ones(3)}
+    >>> tx = ivon_optax.ivon(learning_rate=0.1, ess=100.0)
+    >>> state = tx.init(params)
+    >>> def grad_at_sample(key):
+    ...   sampled, noise = ivon_optax.sample_params(key, state, params)
+    ...   return jax.grad(lambda p: jnp.sum(p["w"] ** 2))(sampled), noise
+    >>> keys = jax.random.split(jax.random.key(0), 4)
+    >>> grads, noise = jax.vmap(grad_at_sample)(keys)
+    >>> average = ivon_optax.average_samples(grads, noise)
+    >>> updates, state = tx.update(average.grads, state, params, samples=average)
+    >>> int(average.count)
+    4
+
+  Args:
+    grads: gradients with a leading sample axis of size S.
+    noise: the matching noise, same structure and shapes.
+    hess_approx: the ``hess_approx`` given to :func:`ivon_optax.ivon`.
+    dtype: accumulator dtype; by default at least float32.
+
+  Returns:
+    A :class:`SampleAverage` with ``count = S``.
+  """
+  _check_hess_approx(hess_approx)
+  _trees.check_like_params(
+      "noise", noise, grads, "Stack the noise of the same samples as the gradients.")
+  leaves = jax.tree.leaves(grads)
+  if not leaves or any(jnp.ndim(g) == 0 for g in leaves):
+    raise ValueError(
+        "`grads` must carry a leading sample axis (e.g. from jax.vmap over "
+        "keys); for one sample pass `noise=` to tx.update instead.")
+  num_samples = jnp.shape(leaves[0])[0]
+
+  def mean(statistic):
+    return jax.tree.map(
+        lambda g, n: jnp.mean(statistic(g.astype(_statistic_dtype(g, dtype)),
+                                        n.astype(_statistic_dtype(g, dtype))), axis=0),
+        grads, noise)
+
+  return SampleAverage(
+      count=jnp.asarray(num_samples, jnp.int32),
+      grads=mean(lambda g, n: g),
+      noise_grads=mean(lambda g, n: n * g) if hess_approx == "price" else (),
+      grads_squared=mean(lambda g, n: g * g) if hess_approx == "gradsq" else (),
+  )

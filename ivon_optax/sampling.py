@@ -1,0 +1,123 @@
+r"""Drawing weights from IVON's posterior :math:`\mathcal{N}(m, \sigma^2)`.
+
+The functions here take the optimizer state, find the :class:`IVONState` in it
+(inside ``chain``, ``inject_hyperparams``, ``MultiSteps``, ``masked``,
+``partition``, ...) and read :math:`\sigma = 1/\sqrt{\lambda (h + \delta)}`
+from it. Leaves IVON does not manage get zero noise.
+"""
+
+from typing import Any, Callable
+
+import chex
+import jax
+import jax.numpy as jnp
+import optax
+
+from ivon_optax import _trees
+from ivon_optax.transform import IVONState
+
+Sampler = Callable[[chex.PRNGKey, Any, Any], chex.Array]
+
+
+def find_ivon_state(state: optax.OptState) -> IVONState:
+  """The single :class:`IVONState` inside any optax state.
+
+  Raises:
+    ValueError: if ``state`` holds no IVON state, or more than one.
+  """
+  found = [
+      node for node in jax.tree.leaves(state, is_leaf=lambda n: isinstance(n, IVONState))
+      if isinstance(node, IVONState)
+  ]
+  if len(found) != 1:
+    what = "no IVON state" if not found else f"{len(found)} IVON states"
+    raise ValueError(
+        f"`state` holds {what}; pass the state of an optimizer that contains "
+        "exactly one ivon_optax.ivon / scale_by_ivon (tx.init(params)).")
+  return found[0]
+
+
+def check_key(key: Any) -> None:
+  """Raises a ``TypeError`` unless ``key`` is one JAX PRNG key.
+
+  Typed keys (``jax.random.key``) and legacy ``uint32`` keys
+  (``jax.random.PRNGKey``) are both accepted.
+  """
+  if isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+    if key.shape == ():
+      return
+  elif (isinstance(key, (jax.Array, jax.core.Tracer)) and key.dtype == jnp.uint32
+        and key.ndim == 1 and key.shape[0] in (2, 4)):
+    return
+  raise TypeError(
+      f"`key` must be one JAX PRNG key, from jax.random.key(seed) or "
+      f"jax.random.PRNGKey(seed); got {type(key).__name__} with shape "
+      f"{jnp.shape(key)} and dtype {getattr(key, 'dtype', None)}. For several "
+      "samples split the key and jax.vmap over the keys.")
+
+
+def posterior_std(state: optax.OptState, params: optax.Params) -> optax.Params:
+  r"""The posterior standard deviation :math:`\sigma = 1/\sqrt{\lambda (h + \delta)}`.
+
+  Leaves that IVON does not manage get 0. Each leaf has its param's shape and
+  IVON's state dtype (float32 at least).
+  """
+  ivon_state = find_ivon_state(state)
+  fix = "Pass the params this optimizer state was created for."
+  _trees.check_like_params("params", params, ivon_state.hess, fix)
+  return jax.tree.map(
+      lambda h, d, p: jnp.zeros(jnp.shape(p), jnp.float32) if _trees.is_masked(h)
+      else jax.lax.rsqrt(ivon_state.ess.astype(h.dtype) * (h + d)),
+      ivon_state.hess, ivon_state.weight_decay, params, is_leaf=_trees.is_masked)
+
+
+def posterior(state: optax.OptState, params: optax.Params) -> tuple[optax.Params, optax.Params]:
+  r"""IVON's posterior :math:`\mathcal{N}(m, \sigma^2)` as ``(mean, std)`` pytrees.
+
+  ``mean`` is ``params``; ``std`` is :func:`posterior_std`.
+  """
+  return params, posterior_std(state, params)
+
+
+def sample_params(
+    key: chex.PRNGKey,
+    state: optax.OptState,
+    params: optax.Params,
+    *,
+    sampler: Sampler = jax.random.normal,
+) -> tuple[optax.Params, optax.Params]:
+  r"""Draws one weight sample :math:`\theta = m + \sigma \odot \epsilon`, :math:`\epsilon \sim \mathcal{N}(0, I)`.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, ivon_optax
+    >>> params = {"w": jnp.zeros(3)}
+    >>> state = ivon_optax.ivon(0.1, ess=100.0).init(params)
+    >>> sampled, noise = ivon_optax.sample_params(jax.random.key(0), state, params)
+    >>> bool(jnp.allclose(sampled["w"], params["w"] + noise["w"]))
+    True
+
+  Args:
+    key: a JAX PRNG key (typed or legacy ``uint32``). Derive a fresh one per
+      step, e.g. ``jax.random.fold_in(base_key, step)``.
+    state: an optax state containing exactly one :class:`IVONState`.
+    params: the mean parameters.
+    sampler: draws standard normals, ``sampler(key, shape, dtype)``; by default
+      ``jax.random.normal``.
+
+  Returns:
+    ``(sampled_params, noise)``, both like ``params`` and in its dtypes, with
+    ``sampled_params = params + noise``. Pass ``noise`` to ``tx.update``.
+  """
+  check_key(key)
+  std = posterior_std(state, params)
+  ivon_state = find_ivon_state(state)
+  normals = optax.tree.random_like(key, ivon_state.hess, sampler=sampler)
+
+  def draw(h, eps, sigma, param):
+    if _trees.is_masked(h):
+      return jnp.zeros_like(param)
+    return (sigma * eps).astype(jnp.result_type(param))
+
+  noise = jax.tree.map(draw, ivon_state.hess, normals, std, params, is_leaf=_trees.is_masked)
+  sampled = jax.tree.map(lambda p, n: p + n, params, noise)
+  return sampled, noise
