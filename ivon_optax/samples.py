@@ -16,7 +16,7 @@ Both give the same averages; pass them as
 sample needs none of this: pass ``noise=`` directly.
 """
 
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 import chex
 import jax
@@ -42,14 +42,14 @@ def _check_hess_approx(hess_approx: str) -> None:
         "given to ivon_optax.ivon.")
 
 
-def _statistic_dtype(param, dtype: Optional[Any]):
+def _statistic_dtype(param, dtype: Any | None):
   if dtype is not None:
     return jnp.dtype(dtype)
   return jnp.promote_types(jnp.result_type(param), jnp.float32)
 
 
 def init_sample_average(
-    params: optax.Params, hess_approx: str = "price", dtype: Optional[Any] = None
+    params: optax.Params, hess_approx: str = "price", dtype: Any | None = None
 ) -> SampleAverage:
   """An empty :class:`SampleAverage` for ``params``.
 
@@ -118,7 +118,7 @@ def average_samples(
     grads: optax.Updates,
     noise: optax.Updates,
     hess_approx: str = "price",
-    dtype: Optional[Any] = None,
+    dtype: Any | None = None,
 ) -> SampleAverage:
   """The :class:`SampleAverage` of samples stacked on a leading axis.
 

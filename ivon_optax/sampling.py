@@ -6,7 +6,8 @@ The functions here take the optimizer state, find the :class:`IVONState` in it
 from it. Leaves IVON does not manage get zero noise.
 """
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import chex
 import jax

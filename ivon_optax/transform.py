@@ -15,7 +15,8 @@ References:
 """
 
 import numbers
-from typing import Any, Callable, NamedTuple, Optional, Union
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import chex
 import jax
@@ -27,7 +28,7 @@ from ivon_optax.samples import SampleAverage
 
 HESS_APPROXIMATIONS = ("price", "gradsq")
 
-WeightDecayMask = Optional[Union[Any, Callable[[optax.Params], Any]]]
+WeightDecayMask = Any | Callable[[optax.Params], Any] | None
 
 
 class IVONState(NamedTuple):
@@ -40,7 +41,7 @@ class IVONState(NamedTuple):
   weight_decay: optax.Updates  # one scalar per param leaf: delta (0 if masked).
 
 
-def state_dtype_for(param: chex.Array, state_dtype: Optional[Any]) -> jnp.dtype:
+def state_dtype_for(param: chex.Array, state_dtype: Any | None) -> jnp.dtype:
   """The dtype IVON keeps its buffers in for ``param``.
 
   By default at least float32, so that bfloat16 params keep a float32 ``h``
@@ -76,12 +77,15 @@ def new_hess(hess, hess_estimate, beta2, weight_decay):
     h \leftarrow \beta_2 h + (1-\beta_2)\hat h
       + \tfrac12 (1-\beta_2)^2 (h - \hat h)^2 / (h + \delta)
 
-  The last term keeps :math:`h + \delta > 0` whatever :math:`\hat h` is.
+  The last term keeps :math:`h + \delta > 0` whatever :math:`\hat h` is. It is
+  computed as :math:`d \cdot (d / (h + \delta))`, :math:`d = h - \hat h`, so that
+  :math:`d^2` cannot overflow float32 where the result itself fits.
   """
+  gap = hess - hess_estimate
   return (
       beta2 * hess
       + (1.0 - beta2) * hess_estimate
-      + (0.5 * (1.0 - beta2) ** 2) * jnp.square(hess - hess_estimate) / (hess + weight_decay)
+      + (0.5 * (1.0 - beta2) ** 2) * gap * (gap / (hess + weight_decay))
   )
 
 
@@ -171,8 +175,8 @@ def scale_by_ivon(
     rescale_lr: bool = True,
     *,
     weight_decay_mask: WeightDecayMask = None,
-    state_dtype: Optional[Any] = None,
-    axis_name: Optional[str] = None,
+    state_dtype: Any | None = None,
+    axis_name: str | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""IVON's direction, everything but the learning rate.
 
@@ -347,8 +351,8 @@ def ivon(
     debias: bool = True,
     rescale_lr: bool = True,
     weight_decay_mask: WeightDecayMask = None,
-    state_dtype: Optional[Any] = None,
-    axis_name: Optional[str] = None,
+    state_dtype: Any | None = None,
+    axis_name: str | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""The IVON optimizer: variational learning at the cost of Adam.
 
