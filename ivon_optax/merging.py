@@ -25,9 +25,11 @@ tasks' gradients that plain weighted averaging ignores. IVON gives
 References:
   Daheim, Möllenhoff, Ponti, Gurevych, Khan, `Model Merging by
   Uncertainty-Based Gradient Matching <https://arxiv.org/abs/2310.12808>`_,
-  ICLR 2024 (the merging rule of Sec. 3; official code:
-  ``code/uncertainty_based_gradient_matching.py`` of
-  ``UKPLab/iclr2024-model-merging``).
+  ICLR 2024 (the uncertainty-based gradient-matching merge; checked against
+  the official code, ``code/uncertainty_based_gradient_matching.py`` of
+  ``UKPLab/iclr2024-model-merging``, which computes the same rule with one
+  shared scale, ``delta_0`` added to :math:`H_0`, and optional per-task
+  factors inside :math:`\bar H`).
 
   Shen et al., `Variational Learning is Effective for Large Deep Networks
   <https://arxiv.org/abs/2402.17641>`_, ICML 2024 (merging with IVON's
@@ -116,7 +118,7 @@ def merge_with_precisions(
       \frac{H_0 + H_t}{H_0 + \sum_s \alpha_s H_s} (\theta_t - \theta_0),
     \qquad H_0 = \text{base\_precision} + \delta_0
 
-  (Daheim et al., 2024, Sec. 3.) Use it with precisions that are not IVON's,
+  (Daheim et al., 2024, the uncertainty-based merge.) Use it with precisions that are not IVON's,
   e.g. squared gradients (a diagonal Fisher) after AdamW; with IVON models
   use :func:`merge_models`.
 
@@ -185,8 +187,7 @@ def merge_models(
       \frac{H_0 + H_t}{H_0 + \sum_s \alpha_s H_s} (\theta_t - \theta_0),
     \qquad H_t = \lambda_t (h_t + \delta_t)
 
-  (Daheim et al., 2024, Sec. 3, with IVON's precision as in Shen et al.,
-  2024.) :math:`H_t` is read from each model's optimizer state
+  (Daheim et al., 2024, with IVON's precision as in Shen et al., 2024.) :math:`H_t` is read from each model's optimizer state
   (:func:`ivon_precision`); :math:`H_0` is the base's IVON precision when
   ``base_state`` is given, else ``base_precision``, else 0, plus
   :math:`\delta_0`.

@@ -18,13 +18,16 @@ Nickl et al. (2023) estimates the effect without retraining. At the mean
     \quad \lambda_{ik} = p_{ik}(1 - p_{ik})
     &&\text{(sensitivity score)}
 
-This is the MPE's estimate for the predictions of a model with a Gaussian
-posterior (Nickl et al. 2023, Sec. 3, "sensitivity of predictions"; the GLM
-form :math:`f^{\setminus i}_i - f_i \approx v_i e_i` applied to the
-linearized network), with the diagonal :math:`v_i` and the score
-:math:`s_i` that the official code uses (``lib/variances.py``
-``get_pred_vars_optim`` and ``examples/3_validation_sensitivities.py`` of
-``team-approx-bayes/memory-perturbation``). :math:`\lambda_{ik}\, e_{ik}\,
+The equation implemented is the MPE's estimate of the change of the
+predictions under a Gaussian posterior, :math:`f_i(m^{\setminus i}) - f_i(m)
+\approx v_i \odot e_i` (the GLM form, applied to the network linearized at
+:math:`m`), with the diagonal :math:`v_i` and the score :math:`s_i` as the
+official code computes them: ``lib/variances.py`` ``get_pred_vars_optim``,
+``lib/utils.py`` ``softmax_hessian`` and
+``examples/3_validation_sensitivities.py`` of
+``team-approx-bayes/memory-perturbation``. (That code also clamps
+:math:`|e_{ik}|` into :math:`[10^{-10}, 1 - 10^{-10}]`, which changes
+nothing measurable; it is omitted here.) :math:`\lambda_{ik}\, e_{ik}\,
 v_{ik}` is the first-order change of the class-:math:`k` probability, so
 :math:`s_i` estimates the L1 change of example :math:`i`'s predicted
 probabilities. Removing a group of examples sums their terms (cross terms
@@ -54,6 +57,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from ivon_optax import _trees
 from ivon_optax.sampling import check_key, posterior_std, sample_params
 
 ApplyFn = Callable[[Any, Any], chex.Array]
@@ -150,6 +154,7 @@ def prediction_variance(
   """
   _check_chunk_size(chunk_size)
   _num_examples(inputs)
+  _trees.check_like_params("std", std, params, "Pass ivon_optax.posterior_std(state, params).")
   output_fn = _example_output_fn(apply_fn)
   variance_params = jax.tree.map(jnp.square, std)
 
@@ -161,7 +166,13 @@ def prediction_variance(
   return jax.lax.map(example_variance, inputs, batch_size=chunk_size)
 
 
-@functools.partial(jax.jit, static_argnames=("apply_fn", "num_samples"))
+def _chunked_outputs(apply_fn: ApplyFn, params, inputs, chunk_size: int) -> jax.Array:
+  """``apply_fn(params, inputs)``, evaluated ``chunk_size`` examples at a time."""
+  output_fn = _example_output_fn(apply_fn)
+  return jax.lax.map(lambda example: output_fn(params, example), inputs, batch_size=chunk_size)
+
+
+@functools.partial(jax.jit, static_argnames=("apply_fn", "num_samples", "chunk_size"))
 def sampled_prediction_variance(
     key: chex.PRNGKey,
     apply_fn: ApplyFn,
@@ -170,6 +181,7 @@ def sampled_prediction_variance(
     inputs: Any,
     *,
     num_samples: int = 64,
+    chunk_size: int = 256,
 ) -> chex.Array:
   r"""Monte-Carlo prediction variance :math:`\widehat{\mathrm{Var}}_{\theta \sim q}[f_i(\theta)]`.
 
@@ -180,7 +192,8 @@ def sampled_prediction_variance(
   A cheaper alternative to :func:`prediction_variance` when the number of
   outputs or params is large: :math:`S` forward passes instead of one
   backward pass per output. Deviations are taken from :math:`f_i(m)` and
-  accumulated in a ``lax.scan``, so memory holds one sample at a time.
+  accumulated in a ``lax.scan``, so memory holds one weight sample and the
+  outputs of ``chunk_size`` examples at a time, plus the ``(n, k)`` sums.
 
   *Bias.* For a model linear in :math:`\theta` it is unbiased for the
   Jacobian form :math:`v_i` (the posterior is diagonal, so
@@ -211,6 +224,7 @@ def sampled_prediction_variance(
     params: the mean :math:`m`.
     inputs: an array, or pytree of arrays, with a leading batch axis.
     num_samples: :math:`S \geq 2` weight samples.
+    chunk_size: examples per forward pass.
 
   Returns:
     ``(n, *output_shape)`` variances, in the outputs' dtype.
@@ -218,12 +232,13 @@ def sampled_prediction_variance(
   check_key(key)
   if not isinstance(num_samples, int) or num_samples < 2:
     raise ValueError(f"`num_samples` must be an int >= 2, got {num_samples!r}.")
+  _check_chunk_size(chunk_size)
   _num_examples(inputs)
-  mean_outputs = apply_fn(params, inputs)
+  mean_outputs = _chunked_outputs(apply_fn, params, inputs, chunk_size)
 
   def add_sample(sums, sample_key):
     sampled, _ = sample_params(sample_key, state, params)
-    deviation = apply_fn(sampled, inputs) - mean_outputs
+    deviation = _chunked_outputs(apply_fn, sampled, inputs, chunk_size) - mean_outputs
     return (sums[0] + deviation, sums[1] + jnp.square(deviation)), None
 
   zeros = jnp.zeros_like(mean_outputs)
@@ -295,7 +310,7 @@ def gaussian_sensitivity(
 
   i.e. prediction error times prediction variance; :math:`s_i` is the
   estimated absolute change of the prediction when :math:`i` is removed
-  (the MPE for a Gaussian GLM, Nickl et al. 2023, Sec. 3). The posterior
+  (the MPE for a Gaussian-likelihood GLM, Nickl et al. 2023). The posterior
   must be the one of that loss: train with this :math:`s^2` in the loss.
 
   Examples:

@@ -11,11 +11,11 @@ cross-validation from one pass over the training data:
   \mathrm{LOO}_{\mathrm{err}} &\approx \frac1N \sum_{i=1}^N
     \big[\arg\max_k\, (f_i + v_i \odot e_i)_k \neq y_i\big]
 
-This is the MPE-based leave-one-out estimate of Nickl et al. (2023), Sec. 4
-("predicting generalization"), as the official code computes it
-(``lib/utils.py`` ``get_estimated_nll`` of
-``team-approx-bayes/memory-perturbation``, probabilities clamped at
-:math:`10^{-10}`). The error rate is an extension: the papers report NLL.
+This is the MPE-based leave-one-out estimate that Nickl et al. (2023) use to
+predict generalization during training, as the official code computes it
+(``lib/utils.py`` ``get_estimated_nll`` and ``examples/1_loo_iterations.py``
+of ``team-approx-bayes/memory-perturbation``: perturbed logits
+``logits + residuals * vars``, probabilities clamped at :math:`10^{-10}`). The error rate is an extension: the papers report NLL.
 
 **Pitfall: the scale of** :math:`\sigma^2`. :math:`v_i` is linear in
 :math:`\sigma^2 = 1/(\lambda (h + \delta))`, so the estimate is only as

@@ -64,6 +64,23 @@ def test_prediction_variance_compiles_once():
   assert ivon_optax.prediction_variance._cache_size() == before
 
 
+def test_prediction_variance_rejects_a_std_unlike_params():
+  params = small_mlp(jax.random.key(0))
+  with pytest.raises(ValueError, match="std"):
+    ivon_optax.prediction_variance(common.mlp_apply, params, [params[0]], jnp.ones((2, 3)))
+
+
+def test_sampled_variance_does_not_depend_on_the_chunk_size():
+  params = small_mlp(jax.random.key(0))
+  state = ivon_optax.ivon(0.1, ess=20.0).init(params)
+  inputs = jax.random.normal(jax.random.key(1), (7, 3))
+  whole, chunked = (
+      ivon_optax.sampled_prediction_variance(jax.random.key(2), common.mlp_apply, state, params,
+                                             inputs, num_samples=8, chunk_size=chunk_size)
+      for chunk_size in (256, 3))
+  chex.assert_trees_all_close(whole, chunked, rtol=1e-5)
+
+
 def test_masked_leaves_add_no_variance():
   params = small_mlp(jax.random.key(0))
   tx = optax.partition(
