@@ -1,21 +1,57 @@
 """ivon-optax: the IVON variational optimizer for JAX, as optax transforms."""
 
-from ivon_optax.samples import SampleAverage, add_sample, average_samples, init_sample_average
-from ivon_optax.sampling import find_ivon_state, posterior, posterior_std, sample_params
-from ivon_optax.transform import IVONState, ivon, scale_by_ivon
+from ivon_optax.merging import ivon_precision
+from ivon_optax.merging import merge_models
+from ivon_optax.merging import merge_with_precisions
+from ivon_optax.merging import task_arithmetic
+from ivon_optax.samples import SampleAverage
+from ivon_optax.samples import add_sample
+from ivon_optax.samples import average_samples
+from ivon_optax.samples import init_sample_average
+from ivon_optax.sampling import find_ivon_state
+from ivon_optax.sampling import posterior
+from ivon_optax.sampling import posterior_std
+from ivon_optax.sampling import sample_params
+from ivon_optax.sensitivity import Sensitivity
+from ivon_optax.sensitivity import classification_sensitivity
+from ivon_optax.sensitivity import gaussian_sensitivity
+from ivon_optax.sensitivity import prediction_variance
+from ivon_optax.sensitivity import regression_sensitivity
+from ivon_optax.sensitivity import sampled_prediction_variance
+from ivon_optax.sensitivity import softmax_sensitivity
+from ivon_optax.transform import IVONState
+from ivon_optax.transform import ivon
+from ivon_optax.transform import scale_by_ivon
+from ivon_optax.validation import LOOEstimate
+from ivon_optax.validation import leave_one_out
+from ivon_optax.validation import loo_from_change
 
 __version__ = "0.1.0"
 
 __all__ = (
     "IVONState",
+    "LOOEstimate",
     "SampleAverage",
+    "Sensitivity",
     "add_sample",
     "average_samples",
+    "classification_sensitivity",
     "find_ivon_state",
+    "gaussian_sensitivity",
     "init_sample_average",
     "ivon",
+    "ivon_precision",
+    "leave_one_out",
+    "loo_from_change",
+    "merge_models",
+    "merge_with_precisions",
     "posterior",
     "posterior_std",
+    "prediction_variance",
+    "regression_sensitivity",
     "sample_params",
+    "sampled_prediction_variance",
     "scale_by_ivon",
+    "softmax_sensitivity",
+    "task_arithmetic",
 )
