@@ -1,5 +1,7 @@
 """ivon-optax: the IVON variational optimizer for JAX, as optax transforms."""
 
+from ivon_optax.distributed import check_state_sharding
+from ivon_optax.distributed import state_sharding
 from ivon_optax.merging import ivon_precision
 from ivon_optax.merging import merge_models
 from ivon_optax.merging import merge_with_precisions
@@ -35,6 +37,7 @@ __all__ = (
     "Sensitivity",
     "add_sample",
     "average_samples",
+    "check_state_sharding",
     "classification_sensitivity",
     "find_ivon_state",
     "gaussian_sensitivity",
@@ -53,5 +56,6 @@ __all__ = (
     "sampled_prediction_variance",
     "scale_by_ivon",
     "softmax_sensitivity",
+    "state_sharding",
     "task_arithmetic",
 )

@@ -242,8 +242,9 @@ def scale_by_ivon(
     leaf_decay = _leaf_weight_decay(weight_decay, weight_decay_mask, params)
     return IVONState(
         count=jnp.zeros([], jnp.int32),
-        momentum=jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), dtype_of(p)), params),
-        hess=jax.tree.map(lambda p: jnp.full(jnp.shape(p), hess_init, dtype_of(p)), params),
+        # `*_like` keeps each param's sharding: the buffers are laid out like the params.
+        momentum=jax.tree.map(lambda p: jnp.zeros_like(p, dtype_of(p)), params),
+        hess=jax.tree.map(lambda p: jnp.full_like(p, hess_init, dtype_of(p)), params),
         ess=jnp.asarray(ess, jnp.promote_types(jnp.result_type(ess), jnp.float32)),
         weight_decay=jax.tree.map(
             lambda d, p: jnp.asarray(d, dtype_of(p)), leaf_decay, params),
@@ -329,13 +330,16 @@ def _debiased(momentum, beta1, count):
 
 
 def _mean_over_axis(trees, axis_name: str):
+  # Probe with axis_size: it raises NameError for an unbound name, whereas
+  # pmean under shard_map (check_vma=True) fails with a bare AssertionError.
   try:
-    return jax.lax.pmean(trees, axis_name)
+    jax.lax.axis_size(axis_name)
   except NameError as error:
     raise ValueError(
         f"`axis_name`={axis_name!r} is not a mapped axis here: call the update "
         "inside shard_map/pmap over that mesh axis, or pass axis_name=None."
     ) from error
+  return jax.lax.pmean(trees, axis_name)
 
 
 def ivon(
