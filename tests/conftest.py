@@ -1,5 +1,7 @@
 """Shared fixtures: a small regression problem and an IVON train step."""
 
+import pathlib
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -42,3 +44,15 @@ def train_step(tx, params, state, key, batch):
 @pytest.fixture
 def params():
   return make_params()
+
+
+def pytest_ignore_collect(collection_path: pathlib.Path, config):
+  """Collect ``eight_devices.py`` only in the 8-device process that runs it.
+
+  ``test_distributed.py`` runs it in a subprocess with 8 simulated devices; the
+  rest of the suite keeps one device and would otherwise import it (for
+  doctests) only to skip it.
+  """
+  if collection_path.name == "eight_devices.py" and jax.device_count() != 8:
+    return True
+  return None
