@@ -5,6 +5,7 @@ baselines (AdamW, SGD), on embedded or locally generated data (no downloads).
 """
 
 import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 
 import flax.linen as nn
@@ -79,7 +80,7 @@ def load_dataset(name: str, seed: int = 0) -> Dataset:
 def validation_split(data: Dataset, fraction: float = 0.2, seed: int = 0) -> Dataset:
   """A train/validation split of ``data``'s training set (the test set is left unused)."""
   order = np.random.default_rng(seed).permutation(len(data.y_train))
-  num_val = int(round(fraction * len(order)))
+  num_val = round(fraction * len(order))
   val, train = order[:num_val], order[num_val:]
   return Dataset(
       data.name + "-val", data.x_train[train], data.y_train[train], data.x_train[val],
@@ -136,10 +137,15 @@ CLASSIFIER_CONFIGS = {
 }
 
 
+@functools.lru_cache(maxsize=64)
 def make_optimizer(
     config: OptimizerConfig, num_train: int, steps_per_epoch: int, epochs: int
 ) -> optax.GradientTransformation:
-  """The optax optimizer of ``config``; IVON's ess is the training-set size, as the paper advises."""
+  """The optax optimizer of ``config``; IVON's ess is the training-set size, as the paper advises.
+
+  Cached, so that runs with the same settings reuse one optimizer object and
+  hence one compiled training step.
+  """
   warmup = min(config.warmup_epochs, epochs) * steps_per_epoch
   schedule = optax.warmup_cosine_decay_schedule(
       0.0, config.learning_rate, warmup, max(epochs * steps_per_epoch, warmup + 1))
@@ -192,6 +198,22 @@ class TrainResult:
   losses: list  # mean training loss per epoch.
 
 
+@functools.partial(jax.jit, static_argnames=("loss_fn", "batch_size"))
+def _run_epoch(state, epoch_key, sample_key, x_train, y_train, *, loss_fn, batch_size):
+  num_train = x_train.shape[0]
+  steps_per_epoch = num_train // batch_size
+  order = jax.random.permutation(epoch_key, num_train)
+  batches = order[: steps_per_epoch * batch_size].reshape(steps_per_epoch, batch_size)
+  is_ivon = isinstance(state, ivon_optax.flax.TrainState)
+
+  def step(state, batch):
+    key = jax.random.fold_in(sample_key, state.step)
+    return _train_step(state, key, x_train[batch], y_train[batch], loss_fn, is_ivon)
+
+  state, losses = jax.lax.scan(step, state, batches)
+  return state, jnp.mean(losses)
+
+
 def train(
     model: nn.Module,
     config: OptimizerConfig,
@@ -207,35 +229,25 @@ def train(
   """Trains ``model`` with ``config``'s optimizer for ``epochs`` passes over shuffled mini-batches.
 
   Each epoch is one jitted ``lax.scan`` over its mini-batches (the last,
-  incomplete one is dropped); IVON draws one weight sample per step.
+  incomplete one is dropped); IVON draws one weight sample per step. Runs that
+  differ only in ``seed`` share one compiled epoch.
   """
   num_train = len(y_train)
   batch_size = min(batch_size, num_train)
-  steps_per_epoch = num_train // batch_size
-  tx = make_optimizer(config, num_train, steps_per_epoch, epochs)
+  tx = make_optimizer(config, num_train, num_train // batch_size, epochs)
   init_key, data_key, sample_key = jax.random.split(jax.random.key(seed), 3)
   params = model.init(init_key, jnp.asarray(x_train[:1]))["params"]
-  is_ivon = config.name == "ivon"
-  state_class = ivon_optax.flax.TrainState if is_ivon else BaselineTrainState
+  state_class = ivon_optax.flax.TrainState if config.name == "ivon" else BaselineTrainState
   state = state_class.create(apply_fn=model.apply, params=params, tx=tx)
+  state = state.replace(step=jnp.zeros([], jnp.int32))
   x_train, y_train = jnp.asarray(x_train), jnp.asarray(y_train)
-
-  @jax.jit
-  def run_epoch(state, epoch):
-    order = jax.random.permutation(jax.random.fold_in(data_key, epoch), num_train)
-    batches = order[: steps_per_epoch * batch_size].reshape(steps_per_epoch, batch_size)
-
-    def step(state, batch):
-      key = jax.random.fold_in(sample_key, state.step)
-      return _train_step(state, key, x_train[batch], y_train[batch], loss_fn, is_ivon)
-
-    state, losses = jax.lax.scan(step, state, batches)
-    return state, jnp.mean(losses)
 
   losses = []
   with tqdm(range(epochs), desc=f"{config.name:>5}", disable=not progress, leave=False) as bar:
     for epoch in bar:
-      state, loss = run_epoch(state, epoch)
+      state, loss = _run_epoch(
+          state, jax.random.fold_in(data_key, epoch), sample_key, x_train, y_train,
+          loss_fn=loss_fn, batch_size=batch_size)
       losses.append(float(loss))
       bar.set_postfix(loss=f"{losses[-1]:.3f}")
   return TrainResult(state, config, losses)
@@ -244,15 +256,28 @@ def train(
 # --- Prediction and evaluation ---------------------------------------------------
 
 
+@jax.jit
+def _apply_at_mean(state, inputs):
+  return state.apply_fn(state.variables(), inputs)
+
+
 def predict_at_mean(state, inputs: np.ndarray) -> jax.Array:
   """The model's outputs at the mean (or point-estimate) weights."""
-  return jax.jit(state.apply_fn)(state.variables(), jnp.asarray(inputs))
+  return _apply_at_mean(state, jnp.asarray(inputs))
+
+
+@functools.partial(jax.jit, static_argnames=("apply_fn", "num_samples"))
+def _sample_outputs(apply_fn, opt_state, params, key, inputs, *, num_samples):
+  return ivon_optax.flax.sample_linen_outputs(
+      key, apply_fn, opt_state, {"params": params}, inputs, num_samples=num_samples,
+      batch_size=16)
 
 
 def predict_samples(state, key, inputs: np.ndarray, num_samples: int) -> jax.Array:
-  """IVON's outputs at ``num_samples`` posterior samples, stacked on axis 0."""
-  return jax.jit(lambda state, key, x: state.sample_outputs(
-      key, x, num_samples=num_samples, batch_size=16))(state, key, jnp.asarray(inputs))
+  """IVON's outputs at ``num_samples`` posterior samples, stacked on axis 0 (16 at a time)."""
+  return _sample_outputs(
+      state.apply_fn, state.opt_state, state.params, key, jnp.asarray(inputs),
+      num_samples=num_samples)
 
 
 def classification_metrics(log_probs: jax.Array, labels: np.ndarray) -> dict:

@@ -24,8 +24,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import common  # noqa: E402
-import ivon_optax  # noqa: E402
+import common
+
+import ivon_optax
 
 
 def out_of_distribution_sets(x_test: np.ndarray, seed: int = 0) -> dict:
