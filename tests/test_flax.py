@@ -1,0 +1,231 @@
+"""Tests for ivon_optax.flax: IVON with Flax Linen and NNX, with BatchNorm."""
+
+import subprocess
+import sys
+
+import chex
+import jax
+import jax.numpy as jnp
+import optax
+import pytest
+from flax import linen as nn
+from flax import nnx
+
+import ivon_optax
+import ivon_optax.flax as ivon_flax
+
+INPUTS = jnp.linspace(-1.0, 1.0, 24).reshape(8, 3)
+LABELS = (INPUTS.sum(-1) > 0).astype(jnp.int32)
+
+
+def test_import_ivon_optax_does_not_import_flax():
+  code = (
+      "import sys, ivon_optax\n"
+      "assert not [m for m in sys.modules if m == 'flax' or m.startswith('flax.')]\n")
+  subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --- Linen ---------------------------------------------------------------------
+
+
+class LinenBatchNormNet(nn.Module):
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    x = nn.Dense(4)(x)
+    x = nn.BatchNorm(use_running_average=not train, momentum=0.5)(x)
+    return nn.Dense(2)(nn.relu(x))
+
+
+def _linen_state(tx=None):
+  model = LinenBatchNormNet()
+  variables = model.init(jax.random.key(0), INPUTS, train=False)
+  return ivon_flax.TrainState.create(
+      apply_fn=model.apply, params=variables["params"],
+      tx=tx or ivon_optax.ivon(0.2, ess=200.0, hess_init=0.5),
+      collections={"batch_stats": variables["batch_stats"]})
+
+
+def _linen_loss(state, params):
+  logits, updates = state.apply_fn(
+      state.variables(params), INPUTS, train=True, mutable=["batch_stats"])
+  return optax.softmax_cross_entropy_with_integer_labels(logits, LABELS).mean(), updates
+
+
+@jax.jit
+def _linen_train_step(state, key):
+  sampled, noise = state.sample_params(key)
+  grads, updates = jax.grad(lambda p: _linen_loss(state, p), has_aux=True)(sampled)
+  return state.apply_gradients(grads=grads, noise=noise, collections=updates)
+
+
+def test_linen_step_is_the_ivon_update_at_the_sample_and_updates_batch_stats():
+  state = _linen_state()
+  key = jax.random.key(1)
+  new_state = _linen_train_step(state, key)
+
+  sampled, noise = ivon_optax.sample_params(key, state.opt_state, state.params)
+  grads, updates = jax.grad(lambda p: _linen_loss(state, p), has_aux=True)(sampled)
+  steps, opt_state = state.tx.update(grads, state.opt_state, state.params, noise=noise)
+  chex.assert_trees_all_close(
+      new_state.params, optax.apply_updates(state.params, steps), atol=1e-6)
+  chex.assert_trees_all_close(new_state.opt_state, opt_state, atol=1e-6)
+  chex.assert_trees_all_close(new_state.collections, updates, atol=1e-6)
+  assert int(new_state.step) == 1
+  stats_moved = jax.tree.map(
+      lambda a, b: bool(jnp.any(a != b)), state.collections, new_state.collections)
+  assert all(jax.tree.leaves(stats_moved))
+
+
+def test_linen_training_lowers_the_loss():
+  state = _linen_state()
+  initial = float(_linen_loss(state, state.params)[0])
+  for step in range(40):
+    state = _linen_train_step(state, jax.random.fold_in(jax.random.key(2), step))
+  assert float(_linen_loss(state, state.params)[0]) < 0.5 * initial
+
+
+def test_linen_apply_gradients_needs_the_noise():
+  state = _linen_state()
+  grads = jax.tree.map(jnp.zeros_like, state.params)
+  with pytest.raises(ValueError, match="noise"):
+    state.apply_gradients(grads=grads)
+
+
+def test_linen_several_samples_per_step():
+  state = _linen_state()
+
+  def grad_at(key):
+    sampled, noise = state.sample_params(key)
+    return jax.grad(lambda p: _linen_loss(state, p)[0])(sampled), noise
+
+  grads, noise = jax.vmap(grad_at)(jax.random.split(jax.random.key(3), 4))
+  average = ivon_optax.average_samples(grads, noise)
+  new_state = state.apply_gradients(grads=average.grads, samples=average)
+  steps, _ = state.tx.update(average.grads, state.opt_state, state.params, samples=average)
+  chex.assert_trees_all_close(new_state.params, optax.apply_updates(state.params, steps))
+
+
+def test_linen_sample_outputs_sample_params_only():
+  state = _linen_state()
+  # Move the batch statistics away from their initial values so that passing
+  # them through (rather than re-initializing them) shows in the outputs.
+  state = state.replace(collections=jax.tree.map(lambda s: s + 0.3, state.collections))
+  key = jax.random.key(4)
+  outputs = state.sample_outputs(key, INPUTS, num_samples=3, batch_size=2, train=False)
+  chex.assert_shape(outputs, (3, 8, 2))
+  for sample, sample_key in enumerate(jax.random.split(key, 3)):
+    sampled, _ = ivon_optax.sample_params(sample_key, state.opt_state, state.params)
+    expected = state.apply_fn(state.variables(sampled), INPUTS, train=False)
+    chex.assert_trees_all_close(outputs[sample], expected, atol=1e-5)
+  functional = ivon_flax.sample_linen_outputs(
+      key, state.apply_fn, state.opt_state, state.variables(), INPUTS, num_samples=3,
+      train=False)
+  chex.assert_trees_all_close(functional, outputs, atol=1e-6)
+
+
+def test_linen_bad_variables_raise():
+  state = _linen_state()
+  with pytest.raises(ValueError, match="collections"):
+    state.replace(collections={"params": state.params}).variables()
+  with pytest.raises(ValueError, match="'params'"):
+    ivon_flax.sample_linen_outputs(
+        jax.random.key(0), state.apply_fn, state.opt_state, dict(state.collections), INPUTS,
+        num_samples=2, train=False)
+
+
+def test_linen_posterior_is_the_optimizer_posterior():
+  state = _linen_state()
+  mean, std = state.posterior()
+  chex.assert_trees_all_close(mean, state.params)
+  chex.assert_trees_all_close(std, ivon_optax.posterior_std(state.opt_state, state.params))
+
+
+# --- NNX -----------------------------------------------------------------------
+
+
+class NNXBatchNormNet(nnx.Module):
+
+  def __init__(self, rngs):
+    self.hidden = nnx.Linear(3, 4, rngs=rngs)
+    self.norm = nnx.BatchNorm(4, momentum=0.5, rngs=rngs)
+    self.out = nnx.Linear(4, 2, rngs=rngs)
+
+  def __call__(self, x):
+    return self.out(jax.nn.relu(self.norm(self.hidden(x))))
+
+
+def _nnx_loss(model):
+  return optax.softmax_cross_entropy_with_integer_labels(model(INPUTS), LABELS).mean()
+
+
+@nnx.jit
+def _nnx_train_step(model, optimizer, key):
+  sampled_model, noise = ivon_flax.sample_nnx_model(key, optimizer, model)
+  loss, grads = nnx.value_and_grad(_nnx_loss)(sampled_model)
+  optimizer.update(model, grads, noise=noise)
+  return loss
+
+
+def _nnx_setup():
+  model = NNXBatchNormNet(nnx.Rngs(0))
+  optimizer = nnx.Optimizer(
+      model, ivon_optax.ivon(0.2, ess=200.0, hess_init=0.5), wrt=nnx.Param)
+  return model, optimizer
+
+
+def test_nnx_sampling_is_sample_params_on_the_nnx_state():
+  model, optimizer = _nnx_setup()
+  key = jax.random.key(1)
+  sampled, noise = ivon_flax.sample_nnx_params(key, optimizer, model)
+  params, opt_state = ivon_flax.nnx_params_and_state(optimizer, model)
+  expected_sampled, expected_noise = ivon_optax.sample_params(key, opt_state, params)
+  chex.assert_trees_all_close(sampled, expected_sampled)
+  chex.assert_trees_all_close(noise, expected_noise)
+  _, std = ivon_optax.posterior(opt_state, params)
+  chex.assert_trees_all_close(std["hidden"]["kernel"], jnp.full((3, 4), (200.0 * 0.5001) ** -0.5))
+
+
+def test_nnx_step_takes_the_gradient_at_the_sample_and_moves_the_mean():
+  model, optimizer = _nnx_setup()
+  key = jax.random.key(2)
+  params, opt_state = ivon_flax.nnx_params_and_state(optimizer, model)
+  graphdef, _, batch_stats = nnx.split(model, nnx.Param, ...)
+  sampled, noise = ivon_optax.sample_params(key, opt_state, params)
+
+  def functional_loss(params):
+    return _nnx_loss(nnx.merge(graphdef, params, nnx.clone(batch_stats)))
+
+  grads = jax.grad(functional_loss)(sampled)
+  steps, expected_opt_state = optimizer.tx.update(grads, opt_state, params, noise=noise)
+  mean_before = nnx.state(model, nnx.BatchStat)["norm"]["mean"][...]
+
+  _nnx_train_step(model, optimizer, key)
+  new_params, new_opt_state = ivon_flax.nnx_params_and_state(optimizer, model)
+  chex.assert_trees_all_close(new_params, optax.apply_updates(params, steps), atol=1e-6)
+  chex.assert_trees_all_close(new_opt_state, expected_opt_state, atol=1e-6)
+  assert int(optimizer.step[...]) == 1
+  assert bool(jnp.any(model.norm.mean[...] != mean_before))
+
+
+def test_nnx_training_lowers_the_loss():
+  model, optimizer = _nnx_setup()
+  initial = float(_nnx_loss(nnx.view(model, use_running_average=True)))
+  for step in range(40):
+    _nnx_train_step(model, optimizer, jax.random.fold_in(jax.random.key(3), step))
+  assert float(_nnx_loss(nnx.view(model, use_running_average=True))) < 0.5 * initial
+
+
+def test_nnx_sample_outputs():
+  model, optimizer = _nnx_setup()
+  _nnx_train_step(model, optimizer, jax.random.key(4))
+  eval_model = nnx.view(model, use_running_average=True)
+  key = jax.random.key(5)
+  outputs = nnx.jit(lambda m, o, k: ivon_flax.sample_nnx_outputs(
+      k, o, m, INPUTS, num_samples=3, batch_size=2))(eval_model, optimizer, key)
+  chex.assert_shape(outputs, (3, 8, 2))
+  graphdef, _, batch_stats = nnx.split(eval_model, nnx.Param, ...)
+  for sample, sample_key in enumerate(jax.random.split(key, 3)):
+    sampled, _ = ivon_flax.sample_nnx_params(sample_key, optimizer, eval_model)
+    expected = nnx.merge(graphdef, sampled, batch_stats)(INPUTS)
+    chex.assert_trees_all_close(outputs[sample], expected, atol=1e-5)
