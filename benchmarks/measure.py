@@ -15,9 +15,10 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import jax
 import numpy as np
@@ -73,31 +74,28 @@ def tree_bytes(tree: Any) -> int:
   return total
 
 
-def planned_memory_bytes(compiled) -> Optional[int]:
-  """XLA's planned peak memory of one compiled step: its arguments, outputs and temporaries.
+def planned_memory_bytes(compiled) -> int | None:
+  """XLA's planned memory of one compiled step: arguments + outputs + temporaries - aliased.
 
-  ``peak_memory_in_bytes`` where XLA reports it, else ``arguments + outputs + temporaries -
-  aliased`` (donated buffers count once). Available on CPU and GPU alike.
+  Donated buffers that the outputs reuse count once. This is the buffer assignment's total,
+  available on CPU and GPU alike (``peak_memory_in_bytes`` is not filled in on CPU).
   """
   try:
     stats = compiled.memory_analysis()
-  except Exception:  # pylint: disable=broad-except
+  except (RuntimeError, NotImplementedError, AttributeError):
     return None
   if stats is None:
     return None
-  peak = getattr(stats, "peak_memory_in_bytes", 0) or 0
-  if peak > 0:
-    return int(peak)
   return int(stats.argument_size_in_bytes + stats.output_size_in_bytes
              + stats.temp_size_in_bytes - stats.alias_size_in_bytes)
 
 
-def device_peak_bytes(device=None) -> Optional[int]:
+def device_peak_bytes(device=None) -> int | None:
   """``peak_bytes_in_use`` of ``device.memory_stats()``, or None where there are none (CPU)."""
   device = device or jax.devices()[0]
   try:
     stats = device.memory_stats()
-  except Exception:  # pylint: disable=broad-except
+  except (RuntimeError, NotImplementedError, AttributeError):
     return None
   if not stats:
     return None
@@ -116,13 +114,13 @@ def _shape_bytes(text: str) -> int:
   return total
 
 
-def hlo_traffic(compiled, min_bytes: int = 1 << 16) -> dict:
+def hlo_traffic(compiled) -> dict:
   """Bytes that the compiled program's top-level ops read and write, from the optimized HLO.
 
   Every fusion, dot, convolution, custom call and copy of the entry computation reads its
   operands once and writes its result once; summing those sizes gives the memory traffic of
-  XLA's fusion plan (an upper bound where caches help). Ops touching fewer than ``min_bytes``
-  are left out. Returns ``{"bytes": total, "passes": number of such ops}``.
+  XLA's fusion plan (an upper bound where caches help). Returns ``{"bytes": total, "passes":
+  number of ops that move at least 1 MB}``.
   """
   text = compiled.as_text()
   entry = text[text.index("\nENTRY"):]
@@ -138,16 +136,15 @@ def hlo_traffic(compiled, min_bytes: int = 1 << 16) -> dict:
       continue
     moved = shapes[name] + sum(shapes.get(operand, 0)
                                for operand in re.findall(r"%([\w.\-]+)", operands))
-    if moved >= min_bytes:
-      total += moved
-      passes += 1
+    total += moved
+    passes += moved >= 1 << 20
   return {"bytes": total, "passes": passes}
 
 
 def hlo_op_names(compiled) -> set:
   """Names of the instructions of a compiled program's entry computation."""
   text = compiled.as_text()
-  return set(re.findall(r"^\s*(?:ROOT )?%([\w.\-]+) = ", text[text.index("\nENTRY"):], re.M))
+  return set(re.findall(r"^\s*(?:ROOT )?%([\w.\-]+) = ", text[text.index("\nENTRY"):], re.MULTILINE))
 
 
 def profile_ops(run: Callable[[], None], op_names: set, steps: int = 10,
@@ -210,7 +207,7 @@ def environment() -> dict:
   }
 
 
-def format_bytes(count: Optional[float]) -> str:
+def format_bytes(count: float | None) -> str:
   """``count`` bytes as MB with one decimal, or ``n/a``."""
   return "n/a" if count is None else f"{count / 1e6:.1f}"
 

@@ -31,13 +31,13 @@ from pathlib import Path
 if __package__ in (None, ""):
   sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import optax  # noqa: E402
+import jax
+import jax.numpy as jnp
+import optax
 
-import ivon_optax  # noqa: E402
-from benchmarks import measure  # noqa: E402
-from ivon_optax.noise import counter_normal  # noqa: E402
+import ivon_optax
+from benchmarks import measure
+from ivon_optax.noise import counter_normal
 
 
 def param_tree(scale: int = 1) -> dict:
@@ -115,12 +115,15 @@ def optimizer_cases(params, grads, key_impl: str) -> list[Case]:
   ]
 
 
-def generator_cases(size: int) -> list[Case]:
+KEY_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")
+
+
+def generator_cases(size: int, key_impls=KEY_IMPLS) -> list[Case]:
   """The standard normal generators alone, writing ``size`` float32 numbers."""
   cases = []
   for sampler_name, sampler in (("counter_normal", counter_normal),
                                 ("jax.random.normal", jax.random.normal)):
-    for impl in ("threefry2x32", "rbg", "unsafe_rbg"):
+    for impl in key_impls:
       key = jax.random.key(0, impl=impl)
       cases.append(Case(f"{sampler_name} [{impl}]",
                         lambda key, sampler=sampler: (sampler(key, (size,), jnp.float32),),
@@ -134,9 +137,10 @@ def main(argv=None) -> dict:
   parser.add_argument("--warmup", type=int, default=3, help="untimed steps per case")
   parser.add_argument("--scale", type=int, default=1,
                       help="divide every dimension by this (for a quick test)")
-  parser.add_argument("--key-impl", default="threefry2x32",
-                      choices=["threefry2x32", "rbg", "unsafe_rbg"],
+  parser.add_argument("--key-impl", default="threefry2x32", choices=KEY_IMPLS,
                       help="PRNG implementation of IVON's key")
+  parser.add_argument("--generator-key-impls", nargs="+", default=list(KEY_IMPLS),
+                      choices=KEY_IMPLS, help="key implementations to time the generators with")
   parser.add_argument("--json", type=Path, help="write the results as JSON here")
   args = parser.parse_args(argv)
 
@@ -144,7 +148,8 @@ def main(argv=None) -> dict:
   params = param_tree(args.scale)
   grads = jax.tree.map(lambda p: jnp.full_like(p, 1e-3), params)
   size = sum(leaf.size for leaf in jax.tree.leaves(params))
-  cases = optimizer_cases(params, grads, args.key_impl) + generator_cases(size)
+  cases = (optimizer_cases(params, grads, args.key_impl)
+           + generator_cases(size, args.generator_key_impls))
   measure.time_interleaved([case.timed for case in cases], args.steps, args.warmup)
 
   stats = {case.name: measure.summary_ms(case.timed.seconds) for case in cases}

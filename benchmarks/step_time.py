@@ -16,9 +16,10 @@ Examples::
   python benchmarks/step_time.py --model mlp resnet20 gpt2s --samples 4 --json results.json
 
 Memory: ``planned MB`` is XLA's memory plan of one compiled step (arguments, outputs and
-temporaries; CPU and GPU). ``peak MB`` is the device's ``peak_bytes_in_use`` (JAX) or
-``torch.cuda.max_memory_allocated`` (PyTorch), measured in a child process per optimizer so
-that the peaks do not mix; it is ``n/a`` where the device keeps no statistics (CPU).
+temporaries, donated buffers once; CPU and GPU). ``peak MB`` is the device's
+``peak_bytes_in_use`` (JAX) or ``torch.cuda.max_memory_allocated`` (PyTorch) of AdamW and
+IVON, each measured in a child process of its own so that the peaks do not mix; it is ``n/a``
+where the device keeps no statistics (CPU). ``--no-peak-memory`` skips the child processes.
 """
 
 import argparse
@@ -28,25 +29,34 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 if __package__ in (None, ""):
   sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import optax  # noqa: E402
+# PyTorch shares the GPU with JAX here: let JAX allocate as it goes instead of taking 75%.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
-import ivon_optax  # noqa: E402
-from ivon_optax.noise import counter_normal  # noqa: E402
-from benchmarks import measure  # noqa: E402
-from benchmarks import models  # noqa: E402
+import jax
+import jax.numpy as jnp
+import optax
+
+import ivon_optax
+from benchmarks import (
+  measure,
+  models,
+)
+from ivon_optax.noise import counter_normal
 
 # Small, stable settings: the timings do not depend on them, but NaNs could.
-ADAMW = dict(learning_rate=1e-4, weight_decay=1e-4)
-SGD = dict(learning_rate=1e-3, momentum=0.9)
-IVON = dict(learning_rate=1e-2, ess=5e4, hess_init=1.0, weight_decay=1e-4)
+ADAMW = {"learning_rate": 1e-4, "weight_decay": 1e-4}
+SGD = {"learning_rate": 1e-3, "momentum": 0.9}
+IVON = {"learning_rate": 1e-2, "ess": 5e4, "hess_init": 1.0, "weight_decay": 1e-4}
+
+# Device peak memory is measured for these (one child process each).
+PEAK_MEMORY_OPTIMIZERS = ("adamw", "ivon", "ivon-opt")
 
 SAMPLERS = {"counter": counter_normal, "threefry": jax.random.normal}
 
@@ -59,13 +69,13 @@ class Runner:
   optimizer: str
   samples: int
   run: Callable[[], None]
-  compile_s: Optional[float] = None
-  state_bytes: Optional[int] = None
-  planned_bytes: Optional[int] = None
-  traffic: Optional[dict] = None
-  op_names: Optional[set] = None
-  peak_bytes: Optional[int] = None
-  timed: Optional[measure.Timed] = None
+  compile_s: float | None = None
+  state_bytes: int | None = None
+  planned_bytes: int | None = None
+  traffic: dict | None = None
+  op_names: set | None = None
+  peak_bytes: int | None = None
+  timed: measure.Timed | None = None
 
   @property
   def name(self) -> str:
@@ -162,7 +172,7 @@ def jax_runner(workload: models.Workload, optimizer: str, kind: str, samples: in
                 traffic=measure.hlo_traffic(compiled), op_names=measure.hlo_op_names(compiled))
 
 
-def jax_runners(model: str, args, only: Optional[str] = None) -> list[Runner]:
+def jax_runners(model: str, args, only: str | None = None) -> list[Runner]:
   """AdamW, SGD and IVON (and IVON with ``--samples``) as JAX runners on ``model``."""
   workload = models.make_workload(model, jax.default_backend(), tiny=args.tiny)
   specs = [("adamw", "plain", 1, "counter"), ("sgd", "plain", 1, "counter"),
@@ -270,7 +280,7 @@ def _torch_state_bytes(opt) -> int:
   return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
-def torch_runners(model: str, args, only: Optional[str] = None) -> list[Runner]:
+def torch_runners(model: str, args, only: str | None = None) -> list[Runner]:
   """AdamW, SGD and the reference IVON in PyTorch (and IVON with ``--samples``)."""
   specs = [("adamw", 1), ("sgd", 1), ("ivon", 1)]
   if args.samples > 1:
@@ -292,7 +302,7 @@ def device_keeps_memory_stats() -> bool:
   return measure.device_peak_bytes() is not None
 
 
-def child_peak_bytes(model: str, runner_name: str, args) -> Optional[int]:
+def child_peak_bytes(model: str, runner_name: str, args) -> int | None:
   """Peak device memory of ``runner_name`` alone, measured in a fresh process."""
   command = [sys.executable, str(Path(__file__).resolve()), "--model", model,
              "--memory-child", runner_name, "--samples", str(args.samples),
@@ -370,7 +380,7 @@ def markdown(rows: list[dict]) -> str:
   return measure.markdown_table(headers, table)
 
 
-def comparison_line(rows: list[dict]) -> Optional[str]:
+def comparison_line(rows: list[dict]) -> str | None:
   """JAX IVON against the reference PyTorch IVON and PyTorch AdamW, when both ran."""
   by_name = {(r["backend"], r["optimizer"]): r["step_ms"]["median"] for r in rows}
   jax_ivon, torch_ivon = by_name.get(("jax", "ivon")), by_name.get(("torch", "ivon-opt"))
@@ -437,7 +447,8 @@ def main(argv=None) -> dict:
     description = models.make_workload(model, jax.default_backend(), tiny=args.tiny).description
     if not args.no_peak_memory and device_keeps_memory_stats():
       for runner in runners:
-        runner.peak_bytes = child_peak_bytes(model, runner.name, args)
+        if runner.optimizer in PEAK_MEMORY_OPTIMIZERS:
+          runner.peak_bytes = child_peak_bytes(model, runner.name, args)
     for runner in runners:
       runner.timed = measure.Timed(runner.name, runner.run)
     measure.time_interleaved([r.timed for r in runners], args.steps, args.warmup)

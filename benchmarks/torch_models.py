@@ -7,14 +7,14 @@ computes in bfloat16 with float32 params. Imported only when ``torch`` is instal
 
 import dataclasses
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks.models import GPT2Config
-from benchmarks.models import gpt2_config
+from benchmarks.models import GPT2Config, gpt2_config
 
 
 @dataclasses.dataclass

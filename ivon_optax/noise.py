@@ -30,7 +30,8 @@ References:
 """
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import chex
 import jax

@@ -9,8 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from scipy import special
-from scipy import stats
+from scipy import special, stats
 
 import ivon_optax
 from ivon_optax import noise
@@ -105,7 +104,7 @@ def test_different_keys_are_not_shifted_copies(keys):
   # Values live on a grid of 2**24 points; independent streams share about size**2 / 2**24
   # values (less, as the grid points are not equally likely), a shifted copy about size.
   assert shared < 2 * size**2 / 2**24
-  assert _max_abs_correlation(first, second, lags=range(0, 64)) < 5 / np.sqrt(size)
+  assert _max_abs_correlation(first, second, lags=range(64)) < 5 / np.sqrt(size)
 
 
 def test_steps_are_independent():
