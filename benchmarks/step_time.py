@@ -8,7 +8,9 @@ reports the median, min and max over ``--steps`` steps after warm-up and the rat
 
 When ``torch`` and ``ivon-opt`` are installed the same models are timed in PyTorch with
 ``torch.optim.AdamW``, ``torch.optim.SGD`` and the reference ``ivon.IVON`` (its
-``sampled_params(train=True)`` context and ``step()``), in the same interleaved loop.
+``sampled_params(train=True)`` context and ``step()``), in the same process, interleaved among
+themselves after the JAX runners: PyTorch's OpenMP worker threads keep spinning after each op
+and, on a CPU with few cores, slow down whatever JAX step runs next.
 
 Examples::
 
@@ -451,7 +453,11 @@ def main(argv=None) -> dict:
           runner.peak_bytes = child_peak_bytes(model, runner.name, args)
     for runner in runners:
       runner.timed = measure.Timed(runner.name, runner.run)
-    measure.time_interleaved([r.timed for r in runners], args.steps, args.warmup)
+    # Each backend is interleaved with itself, JAX first: PyTorch's OpenMP threads spin after
+    # every op, and on a small CPU they steal the cores from a JAX step that follows.
+    for backend in ("jax", "torch"):
+      measure.time_interleaved([r.timed for r in runners if r.backend == backend], args.steps,
+                               args.warmup)
     if args.profile_steps:
       for runner in runners:
         if runner.backend == "jax":

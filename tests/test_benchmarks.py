@@ -23,6 +23,7 @@ def _run(script: str, *args: str, tmp_path: Path) -> dict:
   assert result.returncode == 0, result.stderr[-3000:]
   report = json.loads(output.read_text())
   report["stdout"] = result.stdout
+  report["path"] = output
   return report
 
 
@@ -61,6 +62,13 @@ def test_step_time_runs_and_reports_every_field(tmp_path):
   # CPU keeps no device memory statistics: the peak is reported as missing, not as 0.
   assert rows[("jax", "ivon")]["peak_memory_bytes"] is None
   assert "| jax | ivon |" in report["stdout"]
+  # Two repetitions of the same run have no spread.
+  summary = subprocess.run(
+      [sys.executable, str(ROOT / "benchmarks" / "summarize.py"), str(report["path"]),
+       str(report["path"])], capture_output=True, text=True, check=True, timeout=120,
+      env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "JAX_PLATFORMS": "cpu"}).stdout
+  median = rows[("jax", "ivon")]["step_ms"]["median"]
+  assert f"| mlp | jax | ivon | {median:.3f} [{median:.3f}, {median:.3f}]" in summary
 
 
 def test_optimizer_step_runs_and_reports_bandwidth(tmp_path):
