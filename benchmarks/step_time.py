@@ -312,6 +312,8 @@ def child_peak_bytes(model: str, runner_name: str, args) -> int | None:
              "--extra-samplers", *args.extra_samplers]
   if args.tiny:
     command.append("--tiny")
+  if args.torch_threads:
+    command += ["--torch-threads", str(args.torch_threads)]
   result = subprocess.run(command, capture_output=True, text=True, check=False,
                           env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
   for line in result.stdout.splitlines()[::-1]:
@@ -409,6 +411,8 @@ def parse_args(argv=None):
   parser.add_argument("--json", type=Path, help="write the results as JSON here")
   parser.add_argument("--tiny", action="store_true", help="tiny models, for a smoke test")
   parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch runs")
+  parser.add_argument("--torch-threads", type=int,
+                      help="torch.set_num_threads for the PyTorch runs (default: PyTorch's)")
   parser.add_argument("--no-peak-memory", action="store_true",
                       help="skip the per-optimizer child processes for device peak memory")
   parser.add_argument("--extra-samplers", nargs="*", default=["threefry"],
@@ -436,9 +440,14 @@ def main(argv=None) -> dict:
     return {}
   env = measure.environment()
   use_torch = not args.no_torch and torch_available()
+  if use_torch and args.torch_threads:
+    import torch  # pylint: disable=import-outside-toplevel
+    torch.set_num_threads(args.torch_threads)
   print(f"# IVON train-step benchmark on {env['device']} ({env['cpu']}, {env['cpu_count']} "
         f"CPUs), {env['date']}")
   print(f"# {env['command']}")
+  print(f"# load average {env['load_average']}"
+        + (f"; PyTorch threads: {_torch_threads()}" if use_torch else ""))
   if args.steps < 50:
     print(f"# note: {args.steps} timed steps (< 50): a smoke run, not a measurement")
   all_rows, profiles = [], {}
@@ -479,11 +488,17 @@ def main(argv=None) -> dict:
   report = {"environment": env, "settings": {
       "steps": args.steps, "warmup": args.warmup, "samples": args.samples,
       "key_impl": args.key_impl, "tiny": args.tiny, "torch": use_torch,
+      "torch_threads": _torch_threads() if use_torch else None,
       "hyperparameters": {"adamw": ADAMW, "sgd": SGD, "ivon": IVON}},
       "results": all_rows, "profiles": profiles}
   if args.json:
     args.json.write_text(json.dumps(report, indent=2, default=_json_default))
   return report
+
+
+def _torch_threads() -> int:
+  import torch  # pylint: disable=import-outside-toplevel
+  return torch.get_num_threads()
 
 
 def _json_default(value: Any):
