@@ -40,6 +40,8 @@ def time_interleaved(items: list[Timed], rounds: int, warmup: int) -> None:
   from other processes then spreads evenly over the items, and ratios stay meaningful on a
   shared machine.
   """
+  if not items:
+    return
   for item in items:
     for _ in range(warmup):
       item.run()

@@ -391,10 +391,11 @@ def comparison_line(rows: list[dict]) -> str | None:
   if jax_ivon is None or torch_ivon is None:
     return None
   torch_adamw = by_name.get(("torch", "adamw"))
-  line = (f"JAX ivon {jax_ivon:.2f} ms vs PyTorch ivon-opt {torch_ivon:.2f} ms: "
-          f"{torch_ivon / jax_ivon:.2f}x faster")
+  speed = torch_ivon / jax_ivon
+  line = (f"JAX ivon {jax_ivon:.2f} ms vs PyTorch ivon-opt {torch_ivon:.2f} ms: JAX is "
+          + (f"{speed:.2f}x faster" if speed >= 1 else f"{1 / speed:.2f}x slower"))
   if torch_adamw:
-    line += f"; vs PyTorch AdamW {torch_adamw:.2f} ms: {torch_adamw / jax_ivon:.2f}x"
+    line += f"; PyTorch AdamW {torch_adamw:.2f} ms"
   return line
 
 
