@@ -1,0 +1,1 @@
+"""Benchmarks of ivon-optax: train-step time and memory against AdamW, SGD and the PyTorch reference."""
