@@ -63,7 +63,7 @@ def test_one_minus_beta2_increment_is_kept_with_bf16_params():
   params = {"w": jnp.linspace(-1.0, 1.0, 16, dtype=jnp.bfloat16)}
   state = tx.init(params)
   sampled, noise = ivon_optax.sample_params(jax.random.key(0), state, params)
-  grads = jax.grad(lambda p: jnp.sum(jnp.square(p["w"].astype(jnp.float32)) * 3.0))(sampled)
+  grads = jax.grad(lambda p: jnp.sum(jnp.square(p["w"].astype(jnp.float32)) * 0.3))(sampled)
   _, state = tx.update(grads, state, params, noise=noise)
   hess = np.asarray(ivon_optax.find_ivon_state(state).hess["w"], np.float64)
 
@@ -74,7 +74,8 @@ def test_one_minus_beta2_increment_is_kept_with_bf16_params():
               + 0.5 * one_minus_beta2**2 * (hess_init - hess_hat) ** 2 / (hess_init + weight_decay))
   increments = hess - hess_init
   assert np.all(np.abs(increments) > 1e-6), increments
-  np.testing.assert_allclose(increments, expected - hess_init, rtol=1e-3)
+  # float32 h near 1 resolves 1.2e-7: allow two of its ulps on top of 1e-3 relative.
+  np.testing.assert_allclose(increments, expected - hess_init, rtol=1e-3, atol=2.4e-7)
   # A bfloat16 h could not have held them.
   as_bf16 = jnp.asarray(hess_init, jnp.bfloat16) + jnp.asarray(increments, jnp.bfloat16)
   assert np.all(np.asarray(as_bf16, np.float32) == hess_init)
