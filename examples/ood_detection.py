@@ -57,7 +57,9 @@ def main(argv=None) -> dict:
   model = common.MLP(tuple(args.hidden), data.num_classes)
 
   entropies = {}
-  for name, config in common.CLASSIFIER_CONFIGS["digits"].items():
+  configs = common.CLASSIFIER_CONFIGS["digits"]
+  for name in ("sgd", "adamw", "ivon"):
+    config = configs[name]
     state = common.train(
         model, config, data.x_train, data.y_train, epochs=args.epochs,
         batch_size=args.batch_size, seed=args.seed, progress=not args.no_progress).state
