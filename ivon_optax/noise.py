@@ -1,30 +1,30 @@
-r"""A fast standard-normal sampler: a counter-based hash fed to the normal quantile function.
+r"""A fast standard-normal sampler: a counter-based hash and the Box-Muller transform.
 
 IVON draws one Gaussian number per parameter per step. ``jax.random.normal``
 with the default threefry key runs 20 rounds of a block cipher per pair of
 numbers and then ``lax.erf_inv``; on a CPU that costs several times the whole
 AdamW update. :func:`counter_normal` instead
 
-1. derives two 32-bit seeds from the key (one tiny ``jax.random.bits`` call),
-2. hashes each element's flat index :math:`i` with two keyed rounds of a
-   32-bit integer mixer, :math:`b_i = f(f(i \oplus s_0) + s_1)`,
-3. maps the top 24 bits to :math:`x_i = (2k_i + 1)/2^{24} - 1 \in (-1, 1)`,
-   exactly representable in float32, and
-4. returns :math:`z_i = \sqrt2\, \mathrm{erf}^{-1}(x_i)` with Giles' single
-   precision approximation, evaluated on
-   :math:`w = -\log((1-x)(1+x))` (more accurate near :math:`|x| \to 1` than
-   ``log1p(-x*x)``, and cheaper).
+1. derives four 32-bit seeds from the key (one tiny ``jax.random.bits`` call),
+2. hashes the flat index :math:`j` of each pair of draws with two keyed rounds
+   of a 32-bit integer mixer, :math:`b_j = f(f(j \oplus s_0) + s_1)`, once with
+   :math:`(s_0, s_1)` and once with :math:`(s_2, s_3)`,
+3. maps the top 24 bits of each to uniforms :math:`u_j, v_j \in (0, 1)`
+   (:math:`(k + \tfrac12)/2^{24}`, exact in float32), and
+4. returns the Box-Muller pair :math:`\sqrt{-2\log u_j}\,(\cos 2\pi v_j,
+   \sin 2\pi v_j)`: the cosines fill the first half of the draws, the sines the
+   second. Both share one log and one square root, the costly part, and the
+   sine is a cosine a quarter turn later, so one short polynomial serves both.
 
-The result is a pure, deterministic function of the key, so it works under
-``jit``, ``vmap`` over keys and ``shard_map``, and two calls with the same key
-agree. Like ``jax.random.normal`` it covers :math:`|z| \le 5.4`
-(float32 uniforms with 24 bits); float64 draws use 52-bit uniforms and
+The result is a pure, deterministic function of the key and the shape, so it
+works under ``jit``, ``vmap`` over keys and ``shard_map``, and two calls with
+the same key agree. It covers :math:`|z| \le \sqrt{2 \log 2^{25}} = 5.89`
+(``jax.random.normal``: 5.4 in float32); float64 draws use 52-bit uniforms and
 ``jax.scipy.special.ndtri``.
 
 References:
-  M. Giles, `Approximating the erfinv function
-  <https://people.maths.ox.ac.uk/gilesm/files/gems_erfinv.pdf>`_, GPU Computing
-  Gems Jade Edition, 2011.
+  G. Box and M. Muller, `A note on the generation of random normal deviates
+  <https://doi.org/10.1214/aoms/1177706645>`_, Ann. Math. Statist. 29, 1958.
   C. Wellons, `Prospecting for hash functions
   <https://nullprogram.com/blog/2018/07/31/>`_ (the ``lowbias32`` mixer), 2018.
 """
@@ -40,16 +40,6 @@ import numpy as np
 from jax import lax
 
 _MAX_ELEMENTS = 2**32
-
-# Giles' float32 erfinv polynomials, times sqrt(2) so that they give the normal quantile
-# directly: p_central(w - 2.5) for w < 5, p_tail(sqrt(w) - 3) otherwise (highest degree first).
-_CENTRAL = tuple(np.float32(c * math.sqrt(2.0)) for c in (
-    2.81022636e-08, 3.43273939e-07, -3.5233877e-06, -4.39150654e-06, 0.00021858087,
-    -0.00125372503, -0.00417768164, 0.246640727, 1.50140941))
-_TAIL = tuple(np.float32(c * math.sqrt(2.0)) for c in (
-    -0.000200214257, 0.000100950558, 0.00134934322, -0.00367342844, 0.00573950773,
-    -0.0076224613, 0.00943887047, 1.00167406, 2.83297682))
-
 
 def mix32(bits: chex.Array) -> chex.Array:
   r"""Wellons' ``lowbias32``, a bijection of ``uint32`` with near-ideal avalanche.
@@ -103,8 +93,8 @@ def log_of_normal_float(y: chex.Array) -> chex.Array:
   With :math:`y = 2^e m`, :math:`m \in [\sqrt{1/2}, \sqrt2)` and :math:`f = m - 1`:
   :math:`\log y = e \log 2 + f - f^2/2 + f^3 P(f)`. Skipping the checks for zero,
   negative, denormal and non-finite inputs that ``jnp.log`` needs makes it about
-  10% cheaper here; :func:`normal_quantile_symmetric` only passes
-  :math:`y \in [2^{-23}, 1]`.
+  10% cheaper here; :func:`counter_normal` only passes uniforms in
+  :math:`[2^{-25}, 1)`.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -127,30 +117,49 @@ def log_of_normal_float(y: chex.Array) -> chex.Array:
   return log_mantissa + exponent * _LN2_HIGH
 
 
-def normal_quantile_symmetric(x: chex.Array) -> chex.Array:
-  r"""The standard normal quantile at :math:`(1+x)/2`, i.e. :math:`\sqrt2\,\mathrm{erf}^{-1}(x)`, float32.
+# cos(x) = sum_k (-1)^k x^(2k) / (2k)!, to x^12: below 1e-8 for |x| <= pi/2.
+_COS_POLY = tuple(np.float32((-1) ** k / math.factorial(2 * k)) for k in range(6, -1, -1))
 
-  Giles' approximation with :math:`w = -\log((1-x)(1+x))`, the log from
-  :func:`log_of_normal_float`; relative error below :math:`5 \cdot 10^{-7}`
-  (4 ulp) against ``scipy.special.ndtri`` for ``x`` on the 24-bit grid that
-  :func:`counter_normal` uses, where ``lax.erf_inv`` reaches
-  :math:`6 \cdot 10^{-6}` (it takes ``log1p(-x*x)``, and ``x*x`` rounds).
+
+def cos_turns(turns: chex.Array) -> chex.Array:
+  r"""Float32 :math:`\cos(2\pi t)` of ``turns`` :math:`t`, from a polynomial on a quarter turn.
+
+  With :math:`a = |t - \mathrm{round}(t)| \in [0, \tfrac12]`:
+  :math:`\cos 2\pi t = \cos 2\pi a`, and :math:`\cos 2\pi a = -\cos 2\pi(\tfrac12 - a)`
+  folds :math:`a` onto :math:`[0, \tfrac14]`, where the Taylor series to
+  :math:`x^{12}` is exact to float32 rounding. ``jnp.cos`` reduces arbitrary
+  arguments and costs several times more on CPU.
 
   Examples:
     >>> import jax.numpy as jnp
-    >>> from ivon_optax.noise import normal_quantile_symmetric
-    >>> z = normal_quantile_symmetric(jnp.array([0.0, 0.6826895]))
-    >>> [round(float(v), 4) for v in z]
-    [0.0, 1.0]
+    >>> from ivon_optax.noise import cos_turns
+    >>> [round(float(c), 6) + 0.0 for c in cos_turns(jnp.array([0.0, 0.25, 0.5, 0.75]))]
+    [1.0, 0.0, -1.0, 0.0]
   """
-  w = -log_of_normal_float((1.0 - x) * (1.0 + x))
-  central = w < 5.0
-  # One Horner chain with per-element coefficients: a select is cheaper than a second chain.
-  t = jnp.where(central, w - 2.5, jnp.sqrt(w) - 3.0)
-  poly = jnp.where(central, _CENTRAL[0], _TAIL[0])
-  for central_coef, tail_coef in zip(_CENTRAL[1:], _TAIL[1:]):
-    poly = jnp.where(central, central_coef, tail_coef) + poly * t
-  return poly * x
+  distance = jnp.abs(turns - jnp.round(turns))
+  far = distance > np.float32(0.25)
+  angle = jnp.where(far, np.float32(0.5) - distance, distance) * np.float32(2 * math.pi)
+  angle_squared = angle * angle
+  poly = _COS_POLY[0]
+  for coef in _COS_POLY[1:]:
+    poly = poly * angle_squared + coef
+  return jnp.where(far, -poly, poly)
+
+
+def open_unit_uniform(bits: chex.Array) -> chex.Array:
+  r"""Float32 uniforms :math:`(k + \tfrac12)/2^{24} \in (0, 1)` from the top 24 bits :math:`k` of ``bits``.
+
+  Every value is exact in float32, and neither 0 nor 1 occurs.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from ivon_optax.noise import open_unit_uniform
+    >>> float(open_unit_uniform(jnp.uint32(0))) == 2.0**-25
+    True
+  """
+  # k < 2**24 fits int32, whose conversion to float is one vector instruction.
+  top = (bits >> 8).astype(jnp.int32).astype(jnp.float32)
+  return top * np.float32(2.0**-24) + np.float32(2.0**-25)
 
 
 def _seeds(key: chex.PRNGKey, count: int) -> chex.Array:
@@ -167,11 +176,17 @@ def counter_normal(
 ) -> chex.Array:
   r"""Standard normal draws, a deterministic function of ``key``, several times faster than ``jax.random.normal`` on CPU.
 
-  Element :math:`i` (in C order) is :math:`z_i = \Phi^{-1}(u_i)` with the
-  uniform :math:`u_i = (k_i + \tfrac12) / 2^{24}` and :math:`k_i` the top 24 bits
-  of :func:`counter_bits` (float64: 52 bits from two hashes, and
-  ``jax.scipy.special.ndtri``). Drop-in for ``jax.random.normal`` and the
-  ``sampler`` of :func:`ivon_optax.sample_params`.
+  With :math:`n` draws in C order and :math:`P = \lceil n/2 \rceil` pairs, pair
+  :math:`j` gives
+
+  .. math::
+    z_j = \sqrt{-2\log u_j}\,\cos 2\pi v_j, \qquad
+    z_{P+j} = \sqrt{-2\log u_j}\,\sin 2\pi v_j
+
+  with :math:`u_j, v_j` from :func:`open_unit_uniform` of two
+  :func:`counter_bits` streams (float64: :math:`z_i = \Phi^{-1}(u_i)` with
+  52-bit uniforms and ``jax.scipy.special.ndtri``). Drop-in for
+  ``jax.random.normal`` and the ``sampler`` of :func:`ivon_optax.sample_params`.
 
   Examples:
     >>> import jax, jax.numpy as jnp
@@ -216,8 +231,14 @@ def counter_normal(
     low = (counter_bits(seeds[2:], shape) >> 6).astype(jnp.float64)
     uniform = (high * 2.0**26 + low + 0.5) * 2.0**-52
     return jax.scipy.special.ndtri(uniform)
-  seeds = _seeds(key, 2)
-  # k < 2**24 fits int32, whose conversion to float is a single vector instruction.
-  top = (counter_bits(seeds, shape) >> 8).astype(jnp.int32).astype(jnp.float32)
-  symmetric = top * np.float32(2.0**-23) + np.float32(2.0**-24 - 1.0)
-  return normal_quantile_symmetric(symmetric).astype(dtype)
+  size = math.prod(shape)
+  pairs = (size + 1) // 2
+  seeds = _seeds(key, 4)
+  # XLA keeps the radius in a buffer of its own rather than recomputing its log and square
+  # root for both draws of a pair (it does not fuse costly ops into a broadcast).
+  radius = jnp.sqrt(np.float32(-2.0) * log_of_normal_float(
+      open_unit_uniform(counter_bits(seeds[:2], (pairs,)))))
+  turns = open_unit_uniform(counter_bits(seeds[2:], (pairs,)))
+  # Row 0: cos(2 pi v); row 1: cos(2 pi (v - 1/4)) = sin(2 pi v).
+  normals = radius * cos_turns(turns - jnp.array([[0.0], [0.25]], jnp.float32))
+  return normals.reshape(-1)[:size].reshape(shape).astype(dtype)
