@@ -21,6 +21,8 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -36,7 +38,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument("--batch-size", type=int, default=128)
   parser.add_argument("--hidden", type=int, nargs="+", default=[256, 256],
                       help="widths of the MLP's hidden layers")
-  parser.add_argument("--seeds", type=int, nargs="+", default=[0],
+  parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
                       help="one run per seed; the table shows mean ± std over seeds")
   parser.add_argument("--samples", type=int, default=64,
                       help="posterior samples of IVON's Bayesian model average")
@@ -83,11 +85,11 @@ def main(argv=None) -> dict:
   start = time.perf_counter()
   # One model object for all runs, so that they share compiled steps.
   model = common.MLP(tuple(args.hidden), data.num_classes)
-  table, first_seed = {}, None
+  table, pooled = {}, {}
   for seed in args.seeds:
     log_probs = run_seed(model, data, args, seed)
-    first_seed = first_seed or log_probs
     for method, method_log_probs in log_probs.items():
+      pooled.setdefault(method, []).append(method_log_probs)
       scores = common.classification_metrics(method_log_probs, data.y_test)
       for metric, value in scores.items():
         table.setdefault(method, {}).setdefault(metric, []).append(value)
@@ -97,9 +99,15 @@ def main(argv=None) -> dict:
 
   os.makedirs(args.out, exist_ok=True)
   png = os.path.join(args.out, f"reliability_{data.name}.png")
-  common.plot_reliability(first_seed, data.y_test, png)
+  # The test predictions of all seeds, pooled: steadier bins on a small test set.
+  common.plot_reliability(
+      {method: jnp.concatenate(runs) for method, runs in pooled.items()},
+      np.tile(data.y_test, len(args.seeds)), png,
+      f"{data.name} test set, {len(args.seeds)} seed{'s' * (len(args.seeds) > 1)} pooled")
   with open(os.path.join(args.out, f"results_{data.name}.json"), "w") as file:
-    json.dump({"args": vars(args), "metrics": table}, file, indent=1)
+    configs = {name: common.describe(config)
+               for name, config in optimizer_configs(data.name, args.ivon_train_samples).items()}
+    json.dump({"args": vars(args), "configs": configs, "metrics": table}, file, indent=1)
   print(f"Reliability diagram: {png}")
   return table
 
