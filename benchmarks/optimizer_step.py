@@ -10,7 +10,7 @@ On a 10M-parameter float32 pytree (about 40 MB per buffer) it times, interleaved
   sampling reads m and h and writes the sampled params and the noise (4 more);
 * ``ivon[threefry]``: the same with ``sampler=jax.random.normal``;
 * ``ivon[given eps]``: the same arithmetic with the standard normals read from memory instead of
-  generated (one more buffer), which separates the cost of the random numbers from the rest;
+  generated (one more buffer);
 * the random numbers alone: :func:`ivon_optax.noise.counter_normal` and ``jax.random.normal``
   with threefry, rbg and unsafe_rbg keys, as samples per second.
 
@@ -187,20 +187,26 @@ def main(argv=None) -> dict:
 
   by_case = {row["case"]: row for row in rows}
   ivon_ms = by_case["ivon"]["step_ms"]["median"]
-  given_ms = by_case["ivon[given eps]"]["step_ms"]["median"]
+  generator = by_case.get(f"counter_normal [{args.key_impl}]")
+  rng_ms = generator["step_ms"]["median"] if generator else None
   analysis = {
       "ivon_floor_fraction": by_case["ivon"]["fraction_of_copy_bandwidth"],
       "adamw_floor_fraction": by_case["adamw"]["fraction_of_copy_bandwidth"],
-      "rng_ms": ivon_ms - given_ms + by_case["ivon[given eps]"]["floor_ms"] / 13,
+      "ivon_floor_ms": by_case["ivon"]["floor_ms"],
+      "rng_ms": rng_ms,
       "ivon_extra_xla_bytes": by_case["ivon"]["xla_bytes"] - by_case["ivon"]["bytes"],
       "adamw_extra_xla_bytes": by_case["adamw"]["xla_bytes"] - by_case["adamw"]["bytes"],
   }
-  print(f"\nIVON runs at {analysis['ivon_floor_fraction']:.0%} of the copy bandwidth "
-        f"(AdamW: {analysis['adamw_floor_fraction']:.0%}). Generating the normals costs about "
-        f"{analysis['rng_ms']:.2f} ms of IVON's {ivon_ms:.2f} ms (ivon minus ivon[given eps], "
-        f"plus the eps read that ivon does not do). XLA's program moves "
-        f"{analysis['ivon_extra_xla_bytes'] / 1e6:+.0f} MB against IVON's 12-buffer count "
-        f"and {analysis['adamw_extra_xla_bytes'] / 1e6:+.0f} MB against AdamW's 7.")
+  line = (f"\nIVON runs at {analysis['ivon_floor_fraction']:.0%} of the copy bandwidth (AdamW: "
+          f"{analysis['adamw_floor_fraction']:.0%}). Of its {ivon_ms:.2f} ms, the 12-buffer "
+          f"memory-traffic floor is {analysis['ivon_floor_ms']:.2f} ms")
+  if rng_ms is not None:
+    line += (f" and generating its {size:,} normals alone takes {rng_ms:.2f} ms "
+             f"(counter_normal [{args.key_impl}])")
+  line += (f"; XLA's fused program moves {analysis['ivon_extra_xla_bytes'] / 1e6:+.0f} MB over "
+           f"the 12-buffer count (AdamW: {analysis['adamw_extra_xla_bytes'] / 1e6:+.0f} MB over "
+           "its 7).")
+  print(line)
   report = {"environment": env, "size": size, "copy_bandwidth_bytes_per_s": bandwidth,
             "steps": args.steps, "results": rows, "analysis": analysis}
   if args.json:

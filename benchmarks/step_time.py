@@ -8,9 +8,12 @@ reports the median, min and max over ``--steps`` steps after warm-up and the rat
 
 When ``torch`` and ``ivon-opt`` are installed the same models are timed in PyTorch with
 ``torch.optim.AdamW``, ``torch.optim.SGD`` and the reference ``ivon.IVON`` (its
-``sampled_params(train=True)`` context and ``step()``), in the same process, interleaved among
-themselves after the JAX runners: PyTorch's OpenMP worker threads keep spinning after each op
-and, on a CPU with few cores, slow down whatever JAX step runs next.
+``sampled_params(train=True)`` context and ``step()``), in the same process.
+
+The runners are timed in three phases, each interleaved within itself: the one-sample JAX
+steps, the multi-sample JAX steps (``--samples``), then PyTorch. On a CPU with few cores a step
+runs slower right after a much longer one (a 4-sample step with large temporaries, or PyTorch,
+whose OpenMP worker threads keep spinning after each op), which would distort the ratios.
 
 Examples::
 
@@ -463,10 +466,15 @@ def main(argv=None) -> dict:
           runner.peak_bytes = child_peak_bytes(model, runner.name, args)
     for runner in runners:
       runner.timed = measure.Timed(runner.name, runner.run)
-    # Each backend is interleaved with itself, JAX first: PyTorch's OpenMP threads spin after
-    # every op, and on a small CPU they steal the cores from a JAX step that follows.
-    for backend in ("jax", "torch"):
-      measure.time_interleaved([r.timed for r in runners if r.backend == backend], args.steps,
+    # Three phases, each interleaved within itself: one-sample JAX steps, multi-sample JAX
+    # steps, PyTorch. A step that follows a much longer one (a 4-sample step's large temporary
+    # buffers, PyTorch's OpenMP threads that spin after every op) runs slower on a small CPU,
+    # which would blur the ratios that matter most.
+    phases = (lambda r: r.backend == "jax" and r.samples == 1,
+              lambda r: r.backend == "jax" and r.samples > 1,
+              lambda r: r.backend == "torch")
+    for in_phase in phases:
+      measure.time_interleaved([r.timed for r in runners if in_phase(r)], args.steps,
                                args.warmup)
     if args.profile_steps:
       for runner in runners:
