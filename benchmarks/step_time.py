@@ -49,10 +49,8 @@ import jax.numpy as jnp
 import optax
 
 import ivon_optax
-from benchmarks import (
-  measure,
-  models,
-)
+from benchmarks import measure
+from benchmarks import models
 from ivon_optax.noise import counter_normal
 
 # Small, stable settings: the timings do not depend on them, but NaNs could.

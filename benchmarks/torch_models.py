@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks.models import GPT2Config, gpt2_config
+from benchmarks.models import GPT2Config
+from benchmarks.models import gpt2_config
 
 
 @dataclasses.dataclass

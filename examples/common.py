@@ -6,7 +6,8 @@ baselines (AdamW, SGD), on embedded or locally generated data (no downloads).
 
 import dataclasses
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -58,7 +59,8 @@ def load_mnist1d(num_samples: int = 5000, seed: int = 42) -> Dataset:
   ``get_dataset`` it never downloads. The defaults (5000 samples, seed 42)
   give the standard 4000/1000 split.
   """
-  from mnist1d.data import get_dataset_args, make_dataset
+  from mnist1d.data import get_dataset_args
+  from mnist1d.data import make_dataset
 
   args = get_dataset_args()
   args.num_samples, args.seed = num_samples, seed

@@ -10,7 +10,8 @@ regression. Training runs IVON with one Monte-Carlo sample per step inside a
 import functools
 import itertools
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp

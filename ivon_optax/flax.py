@@ -34,10 +34,13 @@ from typing import Any
 
 import chex
 import optax
-from flax import core, nnx, struct
+from flax import core
+from flax import nnx
+from flax import struct
 from flax.training import train_state
 
-from ivon_optax import predict, sampling
+from ivon_optax import predict
+from ivon_optax import sampling
 
 __all__ = (
     "TrainState",

@@ -16,14 +16,16 @@ The paper (Shen et al., ICML 2024) reports "Bayes" results with 64 samples.
 
 import numbers
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
+from typing import NamedTuple
 
 import chex
 import jax
 import jax.numpy as jnp
 import optax
 
-from ivon_optax.sampling import check_key, sample_params
+from ivon_optax.sampling import check_key
+from ivon_optax.sampling import sample_params
 
 
 def _check_positive_int(name: str, value: Any, fix: str) -> None:

@@ -16,7 +16,8 @@ Both give the same averages; pass them as
 sample needs none of this: pass ``noise=`` directly.
 """
 
-from typing import Any, NamedTuple
+from typing import Any
+from typing import NamedTuple
 
 import chex
 import jax

@@ -50,7 +50,8 @@ References:
 
 import functools
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
+from typing import NamedTuple
 
 import chex
 import jax
@@ -58,7 +59,9 @@ import jax.numpy as jnp
 import optax
 
 from ivon_optax import _trees
-from ivon_optax.sampling import check_key, posterior_std, sample_params
+from ivon_optax.sampling import check_key
+from ivon_optax.sampling import posterior_std
+from ivon_optax.sampling import sample_params
 
 ApplyFn = Callable[[Any, Any], chex.Array]
 """``apply_fn(params, inputs) -> outputs`` on a batch: inputs carry a leading batch axis."""

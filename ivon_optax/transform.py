@@ -16,7 +16,8 @@ References:
 
 import numbers
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
+from typing import NamedTuple
 
 import chex
 import jax

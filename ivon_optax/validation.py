@@ -37,7 +37,8 @@ References:
 """
 
 import functools
-from typing import Any, NamedTuple
+from typing import Any
+from typing import NamedTuple
 
 import chex
 import jax
@@ -45,7 +46,9 @@ import jax.numpy as jnp
 import optax
 
 from ivon_optax.sampling import posterior_std
-from ivon_optax.sensitivity import ApplyFn, prediction_variance, softmax_sensitivity
+from ivon_optax.sensitivity import ApplyFn
+from ivon_optax.sensitivity import prediction_variance
+from ivon_optax.sensitivity import softmax_sensitivity
 
 
 class LOOEstimate(NamedTuple):

@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from scipy import special, stats
+from scipy import special
+from scipy import stats
 
 import ivon_optax
 from ivon_optax import noise

@@ -5,7 +5,9 @@ import jax
 import jax.numpy as jnp
 import optax
 import pytest
-from conftest import loss_fn, make_batch, make_params
+from conftest import loss_fn
+from conftest import make_batch
+from conftest import make_params
 
 import ivon_optax
 

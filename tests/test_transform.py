@@ -10,7 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import loss_fn, make_batch, make_params, train_step
+from conftest import loss_fn
+from conftest import make_batch
+from conftest import make_params
+from conftest import train_step
 
 import ivon_optax
 

@@ -8,7 +8,9 @@ import math
 import numpy as np
 import pytest
 
-from examples import loo_validation, merging, sensitivity
+from examples import loo_validation
+from examples import merging
+from examples import sensitivity
 
 pytestmark = pytest.mark.slow
 
