@@ -41,11 +41,12 @@ def main(argv=None) -> str:
   args = parser.parse_args(argv)
   reports = [json.loads(path.read_text()) for path in args.runs]
   table = [[
-      row["model"], row["backend"], row["optimizer"], measure.spread(row["median_ms"]),
+      row["model"], row["backend"], row["optimizer"], len(row["median_ms"]),
+      measure.spread(row["median_ms"]),
       measure.spread(row["ratio_to_adamw"]) if row["ratio_to_adamw"] else "n/a",
   ] for row in combine(reports)]
   text = measure.markdown_table(
-      ["model", "backend", "optimizer", f"median ms over {len(reports)} runs [min, max]",
+      ["model", "backend", "optimizer", "runs", "median ms: median over runs [min, max]",
        "/ AdamW [min, max]"], table)
   print(text)
   return text

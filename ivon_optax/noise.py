@@ -41,6 +41,7 @@ from jax import lax
 
 _MAX_ELEMENTS = 2**32
 
+
 def mix32(bits: chex.Array) -> chex.Array:
   r"""Wellons' ``lowbias32``, a bijection of ``uint32`` with near-ideal avalanche.
 

@@ -68,7 +68,7 @@ def test_step_time_runs_and_reports_every_field(tmp_path):
        str(report["path"])], capture_output=True, text=True, check=True, timeout=120,
       env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "JAX_PLATFORMS": "cpu"}).stdout
   median = rows[("jax", "ivon")]["step_ms"]["median"]
-  assert f"| mlp | jax | ivon | {median:.3f} [{median:.3f}, {median:.3f}]" in summary
+  assert f"| mlp | jax | ivon | 2 | {median:.3f} [{median:.3f}, {median:.3f}]" in summary
 
 
 def test_optimizer_step_runs_and_reports_bandwidth(tmp_path):
