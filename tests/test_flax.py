@@ -99,11 +99,17 @@ def test_linen_several_samples_per_step():
     sampled, noise = state.sample_params(key)
     return jax.grad(lambda p: _linen_loss(state, p)[0])(sampled), noise
 
-  grads, noise = jax.vmap(grad_at)(jax.random.split(jax.random.key(3), 4))
-  average = ivon_optax.average_samples(grads, noise)
-  new_state = state.apply_gradients(grads=average.grads, samples=average)
-  steps, _ = state.tx.update(average.grads, state.opt_state, state.params, samples=average)
-  chex.assert_trees_all_close(new_state.params, optax.apply_updates(state.params, steps))
+  @jax.jit
+  def step_and_expected(state):
+    grads, noise = jax.vmap(grad_at)(jax.random.split(jax.random.key(3), 4))
+    average = ivon_optax.average_samples(grads, noise)
+    steps, _ = state.tx.update(average.grads, state.opt_state, state.params, samples=average)
+    return (state.apply_gradients(grads=average.grads, samples=average),
+            optax.apply_updates(state.params, steps))
+
+  new_state, expected = step_and_expected(state)
+  assert int(new_state.step) == 1
+  chex.assert_trees_all_close(new_state.params, expected)
 
 
 def test_linen_sample_outputs_sample_params_only():
@@ -112,15 +118,22 @@ def test_linen_sample_outputs_sample_params_only():
   # them through (rather than re-initializing them) shows in the outputs.
   state = state.replace(collections=jax.tree.map(lambda s: s + 0.3, state.collections))
   key = jax.random.key(4)
-  outputs = state.sample_outputs(key, INPUTS, num_samples=3, batch_size=2, train=False)
+
+  @jax.jit
+  def predict(state):
+    outputs = state.sample_outputs(key, INPUTS, num_samples=3, batch_size=2, train=False)
+    functional = ivon_flax.sample_linen_outputs(
+        key, state.apply_fn, state.opt_state, state.variables(), INPUTS, num_samples=3,
+        train=False)
+    expected = []
+    for sample_key in jax.random.split(key, 3):
+      sampled, _ = ivon_optax.sample_params(sample_key, state.opt_state, state.params)
+      expected.append(state.apply_fn(state.variables(sampled), INPUTS, train=False))
+    return outputs, functional, jnp.stack(expected)
+
+  outputs, functional, expected = predict(state)
   chex.assert_shape(outputs, (3, 8, 2))
-  for sample, sample_key in enumerate(jax.random.split(key, 3)):
-    sampled, _ = ivon_optax.sample_params(sample_key, state.opt_state, state.params)
-    expected = state.apply_fn(state.variables(sampled), INPUTS, train=False)
-    chex.assert_trees_all_close(outputs[sample], expected, atol=1e-5)
-  functional = ivon_flax.sample_linen_outputs(
-      key, state.apply_fn, state.opt_state, state.variables(), INPUTS, num_samples=3,
-      train=False)
+  chex.assert_trees_all_close(outputs, expected, atol=1e-5)
   chex.assert_trees_all_close(functional, outputs, atol=1e-6)
 
 
