@@ -17,7 +17,7 @@ def is_masked(node: Any) -> bool:
   return isinstance(node, optax.MaskedNode)
 
 
-def check_like_params(name: str, tree: Any, params: Any, fix: str) -> None:
+def check_like_params(name: str, tree: Any, params: Any, fix: str, like: str = "`params`") -> None:
   """Raises a ``ValueError`` unless ``tree`` has the structure and shapes of ``params``.
 
   Positions that are masked in ``params`` accept anything (``optax.masked``
@@ -28,14 +28,15 @@ def check_like_params(name: str, tree: Any, params: Any, fix: str) -> None:
     tree: the tree to check.
     params: the reference tree (may contain ``MaskedNode`` leaves).
     fix: what the caller should pass instead, for the message.
+    like: what ``params`` is, for the message.
   """
   treedef = jax.tree.structure(params, is_leaf=is_masked)
   try:
     leaves = treedef.flatten_up_to(tree)
   except (ValueError, TypeError) as error:
     raise ValueError(
-        f"`{name}` must have the same tree structure as `params`; got "
-        f"{jax.tree.structure(tree)} for params {treedef}. {fix}"
+        f"`{name}` must have the same tree structure as {like}; got "
+        f"{jax.tree.structure(tree)}, expected {treedef}. {fix}"
     ) from error
   paths = jax.tree_util.tree_flatten_with_path(params, is_leaf=is_masked)[0]
   for (path, param), leaf in zip(paths, leaves):
@@ -44,7 +45,7 @@ def check_like_params(name: str, tree: Any, params: Any, fix: str) -> None:
     if jax.numpy.shape(leaf) != jax.numpy.shape(param):
       raise ValueError(
           f"`{name}` at {jax.tree_util.keystr(path)} has shape "
-          f"{jax.numpy.shape(leaf)} but the param there has shape "
+          f"{jax.numpy.shape(leaf)} but {like} has shape "
           f"{jax.numpy.shape(param)}. {fix}"
       )
 

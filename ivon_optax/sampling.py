@@ -66,7 +66,8 @@ def posterior_std(state: optax.OptState, params: optax.Params) -> optax.Params:
   """
   ivon_state = find_ivon_state(state)
   fix = "Pass the params this optimizer state was created for."
-  _trees.check_like_params("params", params, ivon_state.hess, fix)
+  _trees.check_like_params(
+      "params", params, ivon_state.hess, fix, like="the IVON state's buffers")
   return jax.tree.map(
       lambda h, d, p: jnp.zeros(jnp.shape(p), jnp.float32) if _trees.is_masked(h)
       else jax.lax.rsqrt(ivon_state.ess.astype(h.dtype) * (h + d)),
