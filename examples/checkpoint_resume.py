@@ -50,7 +50,6 @@ if ARGS is not None and ARGS.devices > 1:
       os.environ.get("XLA_FLAGS", "")
       + f" --xla_force_host_platform_device_count={ARGS.devices}")
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -59,28 +58,14 @@ import orbax.checkpoint as ocp
 from jax.sharding import AxisType
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
-from sklearn.datasets import load_digits
 
 import ivon_optax
 import ivon_optax.checkpoint
 
-
-class MLP(nn.Module):
-  hidden: int = 128
-
-  @nn.compact
-  def __call__(self, inputs):
-    hidden = nn.relu(nn.Dense(self.hidden)(inputs))
-    return nn.Dense(10)(hidden)
-
-
-def load_data():
-  """Digits, scaled to [0, 1], shuffled once and split 1500 / 297."""
-  digits = load_digits()
-  order = np.random.default_rng(0).permutation(len(digits.target))
-  inputs = (digits.data[order] / 16.0).astype(np.float32)
-  labels = digits.target[order].astype(np.int32)
-  return (inputs[:1500], labels[:1500]), (inputs[1500:], labels[1500:])
+# The shared model and data live beside this script.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from digits_mlp import MLP
+from digits_mlp import load_data
 
 
 def make_optimizer(total_steps: int, num_train: int):
