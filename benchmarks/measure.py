@@ -1,5 +1,6 @@
 """Shared measuring helpers for the benchmarks: interleaved timing, statistics, environment,
-XLA's memory plan and memory traffic, and a per-op profile."""
+XLA's memory plan and memory traffic, and a per-op profile.
+"""
 
 import collections
 import dataclasses
@@ -59,10 +60,13 @@ def summary_ms(seconds: list[float]) -> dict:
     return {}
   values = np.asarray(seconds) * 1e3
   return {
-      "median": float(np.median(values)), "min": float(values.min()),
-      "max": float(values.max()), "mean": float(values.mean()),
-      "p10": float(np.percentile(values, 10)), "p90": float(np.percentile(values, 90)),
-      "steps": len(values),
+    "median": float(np.median(values)),
+    "min": float(values.min()),
+    "max": float(values.max()),
+    "mean": float(values.mean()),
+    "p10": float(np.percentile(values, 10)),
+    "p90": float(np.percentile(values, 90)),
+    "steps": len(values),
   }
 
 
@@ -88,8 +92,12 @@ def planned_memory_bytes(compiled) -> int | None:
     return None
   if stats is None:
     return None
-  return int(stats.argument_size_in_bytes + stats.output_size_in_bytes
-             + stats.temp_size_in_bytes - stats.alias_size_in_bytes)
+  return int(
+    stats.argument_size_in_bytes
+    + stats.output_size_in_bytes
+    + stats.temp_size_in_bytes
+    - stats.alias_size_in_bytes
+  )
 
 
 def device_peak_bytes(device=None) -> int | None:
@@ -125,7 +133,7 @@ def hlo_traffic(compiled) -> dict:
   number of ops that move at least 1 MB}``.
   """
   text = compiled.as_text()
-  entry = text[text.index("\nENTRY"):]
+  entry = text[text.index("\nENTRY") :]
   shapes = {}
   total, passes = 0, 0
   for line in entry.splitlines()[1:]:
@@ -136,8 +144,9 @@ def hlo_traffic(compiled) -> dict:
     shapes[name] = _shape_bytes(result)
     if opcode in ("parameter", "constant", "tuple", "get-tuple-element", "bitcast"):
       continue
-    moved = shapes[name] + sum(shapes.get(operand, 0)
-                               for operand in re.findall(r"%([\w.\-]+)", operands))
+    moved = shapes[name] + sum(
+      shapes.get(operand, 0) for operand in re.findall(r"%([\w.\-]+)", operands)
+    )
     total += moved
     passes += moved >= 1 << 20
   return {"bytes": total, "passes": passes}
@@ -146,11 +155,14 @@ def hlo_traffic(compiled) -> dict:
 def hlo_op_names(compiled) -> set:
   """Names of the instructions of a compiled program's entry computation."""
   text = compiled.as_text()
-  return set(re.findall(r"^\s*(?:ROOT )?%([\w.\-]+) = ", text[text.index("\nENTRY"):], re.MULTILINE))
+  return set(
+    re.findall(r"^\s*(?:ROOT )?%([\w.\-]+) = ", text[text.index("\nENTRY") :], re.MULTILINE)
+  )
 
 
-def profile_ops(run: Callable[[], None], op_names: set, steps: int = 10,
-                top: int = 8) -> list[dict]:
+def profile_ops(
+  run: Callable[[], None], op_names: set, steps: int = 10, top: int = 8
+) -> list[dict]:
   """Runs ``steps`` steps under ``jax.profiler``; the ``top`` ops of ``op_names`` by time per step.
 
   ``op_names`` (from :func:`hlo_op_names`) keeps the device ops and drops host-side events.
@@ -196,16 +208,16 @@ def environment() -> dict:
     except metadata.PackageNotFoundError:
       versions[package] = None
   return {
-      "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-      "command": " ".join(shlex.quote(arg) for arg in [Path(sys.executable).name] + sys.argv),
-      "platform": jax.default_backend(),
-      "device": getattr(device, "device_kind", str(device)),
-      "cpu": cpu_model(),
-      "cpu_count": os.cpu_count(),
-      "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
-      "xla_flags": os.environ.get("XLA_FLAGS", ""),
-      "python": platform.python_version(),
-      "versions": versions,
+    "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    "command": " ".join(shlex.quote(arg) for arg in [Path(sys.executable).name] + sys.argv),
+    "platform": jax.default_backend(),
+    "device": getattr(device, "device_kind", str(device)),
+    "cpu": cpu_model(),
+    "cpu_count": os.cpu_count(),
+    "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+    "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    "python": platform.python_version(),
+    "versions": versions,
   }
 
 

@@ -146,7 +146,8 @@ class CausalSelfAttention(nn.Module):
     attended = jax.nn.dot_product_attention(query, key, value, is_causal=True)
     out_init = nn.initializers.normal(0.02 / (2 * config.layers) ** 0.5)
     return nn.Dense(width, dtype=config.dtype, kernel_init=out_init)(
-        attended.reshape(batch, length, width))
+      attended.reshape(batch, length, width)
+    )
 
 
 class TransformerBlock(nn.Module):
@@ -159,8 +160,9 @@ class TransformerBlock(nn.Module):
     config = self.config
     features = features + CausalSelfAttention(config)(nn.LayerNorm(dtype=config.dtype)(features))
     hidden = nn.LayerNorm(dtype=config.dtype)(features)
-    hidden = nn.Dense(4 * config.width, dtype=config.dtype,
-                      kernel_init=nn.initializers.normal(0.02))(hidden)
+    hidden = nn.Dense(
+      4 * config.width, dtype=config.dtype, kernel_init=nn.initializers.normal(0.02)
+    )(hidden)
     hidden = nn.gelu(hidden)
     out_init = nn.initializers.normal(0.02 / (2 * config.layers) ** 0.5)
     return features + nn.Dense(config.width, dtype=config.dtype, kernel_init=out_init)(hidden)
@@ -174,10 +176,12 @@ class GPT2(nn.Module):
   @nn.compact
   def __call__(self, tokens):
     config = self.config
-    embed = nn.Embed(config.vocab, config.width, dtype=config.dtype,
-                     embedding_init=nn.initializers.normal(0.02))
-    positions = self.param("positions", nn.initializers.normal(0.01),
-                           (config.seq_len, config.width))
+    embed = nn.Embed(
+      config.vocab, config.width, dtype=config.dtype, embedding_init=nn.initializers.normal(0.02)
+    )
+    positions = self.param(
+      "positions", nn.initializers.normal(0.01), (config.seq_len, config.width)
+    )
     features = embed(tokens) + positions[: tokens.shape[1]].astype(config.dtype)
     for _ in range(config.layers):
       features = TransformerBlock(config)(features)
@@ -189,8 +193,7 @@ class GPT2(nn.Module):
 
 
 def _classification_loss(logits, labels):
-  return optax.softmax_cross_entropy_with_integer_labels(
-      logits.astype(jnp.float32), labels).mean()
+  return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels).mean()
 
 
 def mlp_workload(tiny: bool = False) -> Workload:
@@ -205,8 +208,14 @@ def mlp_workload(tiny: bool = False) -> Workload:
     del model_state
     return _classification_loss(module.apply({"params": params}, data[0]), data[1]), {}
 
-  return Workload("mlp", f"MLP {inputs}-{'-'.join(map(str, hidden))}-10, batch {batch}",
-                  module, (images, labels), loss, images)
+  return Workload(
+    "mlp",
+    f"MLP {inputs}-{'-'.join(map(str, hidden))}-10, batch {batch}",
+    module,
+    (images, labels),
+    loss,
+    images,
+  )
 
 
 def resnet20_workload(tiny: bool = False) -> Workload:
@@ -218,30 +227,40 @@ def resnet20_workload(tiny: bool = False) -> Workload:
   labels = jax.random.randint(label_key, (batch,), 0, 10)
 
   def loss(params, model_state, data):
-    logits, updated = module.apply({"params": params, **model_state}, data[0], train=True,
-                                   mutable=["batch_stats"])
+    logits, updated = module.apply(
+      {"params": params, **model_state}, data[0], train=True, mutable=["batch_stats"]
+    )
     return _classification_loss(logits, data[1]), updated
 
   name = "ResNet-20" if not tiny else "ResNet-8"
-  return Workload("resnet20", f"{name} (BatchNorm), {size}x{size}x3, batch {batch}", module,
-                  (images, labels), loss, images)
+  return Workload(
+    "resnet20",
+    f"{name} (BatchNorm), {size}x{size}x3, batch {batch}",
+    module,
+    (images, labels),
+    loss,
+    images,
+  )
 
 
 def gpt2s_workload(platform: str, tiny: bool = False) -> Workload:
   """GPT-2 (see :func:`gpt2_config`) on random tokens, next-token cross-entropy."""
   config = gpt2_config(platform, tiny)
   module = GPT2(config)
-  tokens = jax.random.randint(jax.random.key(3), (config.batch, config.seq_len + 1), 0,
-                              config.vocab)
+  tokens = jax.random.randint(
+    jax.random.key(3), (config.batch, config.seq_len + 1), 0, config.vocab
+  )
 
   def loss(params, model_state, data):
     del model_state
     logits = module.apply({"params": params}, data[:, :-1])
     return _classification_loss(logits, data[:, 1:]), {}
 
-  description = (f"GPT-2 {config.layers}L d={config.width} h={config.heads} "
-                 f"vocab {config.vocab}, {config.batch}x{config.seq_len} tokens, "
-                 f"{jnp.dtype(config.dtype).name} compute")
+  description = (
+    f"GPT-2 {config.layers}L d={config.width} h={config.heads} "
+    f"vocab {config.vocab}, {config.batch}x{config.seq_len} tokens, "
+    f"{jnp.dtype(config.dtype).name} compute"
+  )
   return Workload("gpt2s", description, module, tokens, loss, tokens[:, :-1])
 
 

@@ -51,7 +51,7 @@ import optax
 import ivon_optax
 from benchmarks import measure
 from benchmarks import models
-from ivon_optax.noise import counter_normal
+from ivon_optax.random import counter_normal
 
 # Small, stable settings: the timings do not depend on them, but NaNs could.
 ADAMW = {"learning_rate": 1e-4, "weight_decay": 1e-4}
@@ -117,7 +117,8 @@ def jax_step_fn(workload: models.Workload, tx, kind: str, samples: int, sampler)
       return loss, new_model_state, grads, noise
 
     losses, model_states, grads, noise = jax.vmap(gradient_at_sample)(
-        jax.random.split(key, samples))
+      jax.random.split(key, samples)
+    )
     average = ivon_optax.average_samples(grads, noise)
     updates, opt_state = tx.update(average.grads, opt_state, params, samples=average)
     model_state = jax.tree.map(lambda stat: stat.mean(axis=0), model_states)
@@ -131,17 +132,23 @@ def jax_step_fn(workload: models.Workload, tx, kind: str, samples: int, sampler)
       return (ivon_optax.add_sample(average, grads, noise), model_state), loss
 
     (average, model_state), losses = jax.lax.scan(
-        add_one, (ivon_optax.init_sample_average(params), model_state),
-        jax.random.split(key, samples))
+      add_one, (ivon_optax.init_sample_average(params), model_state), jax.random.split(key, samples)
+    )
     updates, opt_state = tx.update(average.grads, opt_state, params, samples=average)
     return optax.apply_updates(params, updates), opt_state, model_state, losses.mean()
 
-  return {"plain": plain, "ivon": one_sample, "parallel": parallel,
-          "sequential": sequential}[kind]
+  return {"plain": plain, "ivon": one_sample, "parallel": parallel, "sequential": sequential}[kind]
 
 
-def jax_runner(workload: models.Workload, optimizer: str, kind: str, samples: int,
-               sampler_name: str, key_impl: str, max_steps: int) -> Runner:
+def jax_runner(
+  workload: models.Workload,
+  optimizer: str,
+  kind: str,
+  samples: int,
+  sampler_name: str,
+  key_impl: str,
+  max_steps: int,
+) -> Runner:
   """Initializes, compiles (timed) and wraps one JAX optimizer on ``workload``."""
   if optimizer == "adamw":
     tx = optax.adamw(**ADAMW)
@@ -151,8 +158,9 @@ def jax_runner(workload: models.Workload, optimizer: str, kind: str, samples: in
     tx = ivon_optax.ivon(**IVON)
   params, model_state = workload.init()
   opt_state = tx.init(params)
-  step = jax.jit(jax_step_fn(workload, tx, kind, samples, SAMPLERS[sampler_name]),
-                 donate_argnums=(0, 1, 2))
+  step = jax.jit(
+    jax_step_fn(workload, tx, kind, samples, SAMPLERS[sampler_name]), donate_argnums=(0, 1, 2)
+  )
   # One key per step, sliced before any timing.
   keys = list(jax.random.split(jax.random.key(0, impl=key_impl), max_steps))
   start = time.perf_counter()
@@ -169,29 +177,42 @@ def jax_runner(workload: models.Workload, optimizer: str, kind: str, samples: in
     jax.block_until_ready(outputs)
 
   label = _jax_label(optimizer, kind, samples, sampler_name)
-  return Runner("jax", label, samples, run, compile_s=compile_s,
-                state_bytes=measure.tree_bytes(opt_state),
-                planned_bytes=measure.planned_memory_bytes(compiled),
-                traffic=measure.hlo_traffic(compiled), op_names=measure.hlo_op_names(compiled))
+  return Runner(
+    "jax",
+    label,
+    samples,
+    run,
+    compile_s=compile_s,
+    state_bytes=measure.tree_bytes(opt_state),
+    planned_bytes=measure.planned_memory_bytes(compiled),
+    traffic=measure.hlo_traffic(compiled),
+    op_names=measure.hlo_op_names(compiled),
+  )
 
 
 def jax_runners(model: str, args, only: str | None = None) -> list[Runner]:
   """AdamW, SGD and IVON (and IVON with ``--samples``) as JAX runners on ``model``."""
   workload = models.make_workload(model, jax.default_backend(), tiny=args.tiny)
-  specs = [("adamw", "plain", 1, "counter"), ("sgd", "plain", 1, "counter"),
-           ("ivon", "ivon", 1, "counter")]
+  specs = [
+    ("adamw", "plain", 1, "counter"),
+    ("sgd", "plain", 1, "counter"),
+    ("ivon", "ivon", 1, "counter"),
+  ]
   specs += [("ivon", "ivon", 1, name) for name in args.extra_samplers]
   if args.samples > 1:
-    specs += [("ivon", "parallel", args.samples, "counter"),
-              ("ivon", "sequential", args.samples, "counter")]
+    specs += [
+      ("ivon", "parallel", args.samples, "counter"),
+      ("ivon", "sequential", args.samples, "counter"),
+    ]
   runners = []
   total_steps = args.warmup + args.steps + args.profile_steps + 1
   for optimizer, kind, samples, sampler_name in specs:
     label = _jax_label(optimizer, kind, samples, sampler_name)
     if only is not None and f"jax/{label}" != only:
       continue
-    runners.append(jax_runner(workload, optimizer, kind, samples, sampler_name, args.key_impl,
-                              total_steps))
+    runners.append(
+      jax_runner(workload, optimizer, kind, samples, sampler_name, args.key_impl, total_steps)
+    )
   return runners
 
 
@@ -218,6 +239,7 @@ def torch_available() -> bool:
 
 def torch_device() -> str:
   import torch  # pylint: disable=import-outside-toplevel
+
   return "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
 
 
@@ -233,14 +255,20 @@ def torch_runner(model: str, optimizer: str, samples: int, tiny: bool) -> Runner
   workload = torch_models.make_torch_workload(model, device, tiny)
   parameters = list(workload.model.parameters())
   if optimizer == "adamw":
-    opt = torch.optim.AdamW(parameters, lr=ADAMW["learning_rate"],
-                            weight_decay=ADAMW["weight_decay"])
+    opt = torch.optim.AdamW(
+      parameters, lr=ADAMW["learning_rate"], weight_decay=ADAMW["weight_decay"]
+    )
   elif optimizer == "sgd":
     opt = torch.optim.SGD(parameters, lr=SGD["learning_rate"], momentum=SGD["momentum"])
   else:
-    opt = ivon.IVON(parameters, lr=IVON["learning_rate"], ess=IVON["ess"],
-                    hess_init=IVON["hess_init"], weight_decay=IVON["weight_decay"],
-                    mc_samples=samples)
+    opt = ivon.IVON(
+      parameters,
+      lr=IVON["learning_rate"],
+      ess=IVON["ess"],
+      hess_init=IVON["hess_init"],
+      weight_decay=IVON["weight_decay"],
+      mc_samples=samples,
+    )
   synchronize = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
   def run():
@@ -264,6 +292,7 @@ def torch_runner(model: str, optimizer: str, samples: int, tiny: bool) -> Runner
 
 def _torch_state_bytes(opt) -> int:
   import torch  # pylint: disable=import-outside-toplevel
+
   param_ids = {id(p) for group in opt.param_groups for p in group["params"]}
   tensors = {}
 
@@ -291,7 +320,8 @@ def torch_runners(model: str, args, only: str | None = None) -> list[Runner]:
   runners = []
   for optimizer, samples in specs:
     label = ("ivon-opt" if optimizer == "ivon" else optimizer) + (
-        f" x{samples} sequential" if samples > 1 else "")
+      f" x{samples} sequential" if samples > 1 else ""
+    )
     if only is not None and f"torch/{label}" != only:
       continue
     runners.append(torch_runner(model, optimizer, samples, args.tiny))
@@ -307,21 +337,42 @@ def device_keeps_memory_stats() -> bool:
 
 def child_peak_bytes(model: str, runner_name: str, args) -> int | None:
   """Peak device memory of ``runner_name`` alone, measured in a fresh process."""
-  command = [sys.executable, str(Path(__file__).resolve()), "--model", model,
-             "--memory-child", runner_name, "--samples", str(args.samples),
-             "--key-impl", args.key_impl, "--warmup", "3", "--steps", "0",
-             "--extra-samplers", *args.extra_samplers]
+  command = [
+    sys.executable,
+    str(Path(__file__).resolve()),
+    "--model",
+    model,
+    "--memory-child",
+    runner_name,
+    "--samples",
+    str(args.samples),
+    "--key-impl",
+    args.key_impl,
+    "--warmup",
+    "3",
+    "--steps",
+    "0",
+    "--extra-samplers",
+    *args.extra_samplers,
+  ]
   if args.tiny:
     command.append("--tiny")
   if args.torch_threads:
     command += ["--torch-threads", str(args.torch_threads)]
-  result = subprocess.run(command, capture_output=True, text=True, check=False,
-                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+  result = subprocess.run(
+    command,
+    capture_output=True,
+    text=True,
+    check=False,
+    env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+  )
   for line in result.stdout.splitlines()[::-1]:
     if line.startswith("{"):
       return json.loads(line).get("peak_bytes")
-  print(f"  (peak memory of {runner_name} not measured: {result.stderr.strip()[-300:]})",
-        file=sys.stderr)
+  print(
+    f"  (peak memory of {runner_name} not measured: {result.stderr.strip()[-300:]})",
+    file=sys.stderr,
+  )
   return None
 
 
@@ -336,6 +387,7 @@ def run_memory_child(args) -> None:
     peak = measure.device_peak_bytes()
   else:
     import torch  # pylint: disable=import-outside-toplevel
+
     runner = torch_runners(model, args, only=args.memory_child)[0]
     for _ in range(args.warmup):
       runner.run()
@@ -348,40 +400,66 @@ def run_memory_child(args) -> None:
 
 def result_rows(model: str, description: str, runners: list[Runner]) -> list[dict]:
   """One JSON-ready dict per runner, with the ratio to the same backend's AdamW."""
-  adamw = {r.backend: measure.summary_ms(r.timed.seconds)["median"]
-           for r in runners if r.optimizer == "adamw"}
+  adamw = {
+    r.backend: measure.summary_ms(r.timed.seconds)["median"]
+    for r in runners
+    if r.optimizer == "adamw"
+  }
   rows = []
   for runner in runners:
     stats = measure.summary_ms(runner.timed.seconds)
     base = adamw.get(runner.backend)
-    rows.append({
-        "model": model, "description": description, "backend": runner.backend,
-        "optimizer": runner.optimizer, "samples": runner.samples, "step_ms": stats,
+    rows.append(
+      {
+        "model": model,
+        "description": description,
+        "backend": runner.backend,
+        "optimizer": runner.optimizer,
+        "samples": runner.samples,
+        "step_ms": stats,
         "ratio_to_adamw": stats["median"] / base if base else None,
         "ratio_to_jax_adamw": stats["median"] / adamw["jax"] if "jax" in adamw else None,
-        "compile_s": runner.compile_s, "state_bytes": runner.state_bytes,
-        "planned_memory_bytes": runner.planned_bytes, "peak_memory_bytes": runner.peak_bytes,
+        "compile_s": runner.compile_s,
+        "state_bytes": runner.state_bytes,
+        "planned_memory_bytes": runner.planned_bytes,
+        "peak_memory_bytes": runner.peak_bytes,
         "hlo_traffic_bytes": (runner.traffic or {}).get("bytes"),
         "hlo_passes": (runner.traffic or {}).get("passes"),
-    })
+      }
+    )
   return rows
 
 
 def markdown(rows: list[dict]) -> str:
-  headers = ["backend", "optimizer", "median ms", "min ms", "max ms", "/ AdamW",
-             "compile s", "state MB", "planned MB", "peak MB"]
+  headers = [
+    "backend",
+    "optimizer",
+    "median ms",
+    "min ms",
+    "max ms",
+    "/ AdamW",
+    "compile s",
+    "state MB",
+    "planned MB",
+    "peak MB",
+  ]
   table = []
   for row in rows:
     stats = row["step_ms"]
-    table.append([
-        row["backend"], row["optimizer"], f"{stats['median']:.2f}", f"{stats['min']:.2f}",
+    table.append(
+      [
+        row["backend"],
+        row["optimizer"],
+        f"{stats['median']:.2f}",
+        f"{stats['min']:.2f}",
         f"{stats['max']:.2f}",
         f"{row['ratio_to_adamw']:.3f}" if row["ratio_to_adamw"] else "n/a",
         f"{row['compile_s']:.1f}" if row["compile_s"] is not None else "n/a",
         measure.format_bytes(row["state_bytes"]),
         measure.format_bytes(row["planned_memory_bytes"]),
         measure.format_bytes(row["peak_memory_bytes"]),
-    ])
+      ]
+    )
   return measure.markdown_table(headers, table)
 
 
@@ -393,39 +471,66 @@ def comparison_line(rows: list[dict]) -> str | None:
     return None
   torch_adamw = by_name.get(("torch", "adamw"))
   speed = torch_ivon / jax_ivon
-  line = (f"JAX ivon {jax_ivon:.2f} ms vs PyTorch ivon-opt {torch_ivon:.2f} ms: JAX is "
-          + (f"{speed:.2f}x faster" if speed >= 1 else f"{1 / speed:.2f}x slower"))
+  line = f"JAX ivon {jax_ivon:.2f} ms vs PyTorch ivon-opt {torch_ivon:.2f} ms: JAX is " + (
+    f"{speed:.2f}x faster" if speed >= 1 else f"{1 / speed:.2f}x slower"
+  )
   if torch_adamw:
     line += f"; PyTorch AdamW {torch_adamw:.2f} ms"
   return line
 
 
 def parse_args(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--model", nargs="+", choices=models.MODELS, default=["mlp"],
-                      help="one or more models, timed one after the other")
-  parser.add_argument("--samples", type=int, default=1,
-                      help="also time IVON with S Monte-Carlo samples per step, parallel "
-                      "(vmap) and sequential (scan)")
+  parser = argparse.ArgumentParser(
+    description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+  )
+  parser.add_argument(
+    "--model",
+    nargs="+",
+    choices=models.MODELS,
+    default=["mlp"],
+    help="one or more models, timed one after the other",
+  )
+  parser.add_argument(
+    "--samples",
+    type=int,
+    default=1,
+    help="also time IVON with S Monte-Carlo samples per step, parallel "
+    "(vmap) and sequential (scan)",
+  )
   parser.add_argument("--steps", type=int, default=50, help="timed steps per optimizer")
   parser.add_argument("--warmup", type=int, default=5, help="untimed steps per optimizer")
   parser.add_argument("--json", type=Path, help="write the results as JSON here")
   parser.add_argument("--tiny", action="store_true", help="tiny models, for a smoke test")
   parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch runs")
-  parser.add_argument("--torch-threads", type=int,
-                      help="torch.set_num_threads for the PyTorch runs (default: PyTorch's)")
-  parser.add_argument("--no-peak-memory", action="store_true",
-                      help="skip the per-optimizer child processes for device peak memory")
-  parser.add_argument("--extra-samplers", nargs="*", default=["threefry"],
-                      choices=[s for s in SAMPLERS if s != "counter"],
-                      help="also time IVON with these samplers (threefry: jax.random.normal)")
-  parser.add_argument("--key-impl", default="threefry2x32",
-                      choices=["threefry2x32", "rbg", "unsafe_rbg"],
-                      help="PRNG implementation of the step keys")
-  parser.add_argument("--profile-steps", type=int, default=0,
-                      help="if > 0, profile that many steps of each JAX runner and print "
-                      "its most expensive ops")
+  parser.add_argument(
+    "--torch-threads",
+    type=int,
+    help="torch.set_num_threads for the PyTorch runs (default: PyTorch's)",
+  )
+  parser.add_argument(
+    "--no-peak-memory",
+    action="store_true",
+    help="skip the per-optimizer child processes for device peak memory",
+  )
+  parser.add_argument(
+    "--extra-samplers",
+    nargs="*",
+    default=["threefry"],
+    choices=[s for s in SAMPLERS if s != "counter"],
+    help="also time IVON with these samplers (threefry: jax.random.normal)",
+  )
+  parser.add_argument(
+    "--key-impl",
+    default="threefry2x32",
+    choices=["threefry2x32", "rbg", "unsafe_rbg"],
+    help="PRNG implementation of the step keys",
+  )
+  parser.add_argument(
+    "--profile-steps",
+    type=int,
+    default=0,
+    help="if > 0, profile that many steps of each JAX runner and print its most expensive ops",
+  )
   parser.add_argument("--memory-child", help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   if args.samples < 1:
@@ -444,12 +549,17 @@ def main(argv=None) -> dict:
   use_torch = not args.no_torch and torch_available()
   if use_torch and args.torch_threads:
     import torch  # pylint: disable=import-outside-toplevel
+
     torch.set_num_threads(args.torch_threads)
-  print(f"# IVON train-step benchmark on {env['device']} ({env['cpu']}, {env['cpu_count']} "
-        f"CPUs), {env['date']}")
+  print(
+    f"# IVON train-step benchmark on {env['device']} ({env['cpu']}, {env['cpu_count']} "
+    f"CPUs), {env['date']}"
+  )
   print(f"# {env['command']}")
-  print(f"# load average {env['load_average']}"
-        + (f"; PyTorch threads: {_torch_threads()}" if use_torch else ""))
+  print(
+    f"# load average {env['load_average']}"
+    + (f"; PyTorch threads: {_torch_threads()}" if use_torch else "")
+  )
   if args.steps < 50:
     print(f"# note: {args.steps} timed steps (< 50): a smoke run, not a measurement")
   all_rows, profiles = [], {}
@@ -468,21 +578,27 @@ def main(argv=None) -> dict:
     # steps, PyTorch. A step that follows a much longer one (a 4-sample step's large temporary
     # buffers, PyTorch's OpenMP threads that spin after every op) runs slower on a small CPU,
     # which would blur the ratios that matter most.
-    phases = (lambda r: r.backend == "jax" and r.samples == 1,
-              lambda r: r.backend == "jax" and r.samples > 1,
-              lambda r: r.backend == "torch")
+    phases = (
+      lambda r: r.backend == "jax" and r.samples == 1,
+      lambda r: r.backend == "jax" and r.samples > 1,
+      lambda r: r.backend == "torch",
+    )
     for in_phase in phases:
-      measure.time_interleaved([r.timed for r in runners if in_phase(r)], args.steps,
-                               args.warmup)
+      measure.time_interleaved([r.timed for r in runners if in_phase(r)], args.steps, args.warmup)
     if args.profile_steps:
       for runner in runners:
         if runner.backend == "jax":
           profiles[f"{model}:{runner.name}"] = measure.profile_ops(
-              runner.run, runner.op_names, args.profile_steps)
+            runner.run, runner.op_names, args.profile_steps
+          )
     rows = result_rows(model, description, runners)
     all_rows += rows
-    params = sum(x.size for x in jax.tree.leaves(
-        models.make_workload(model, jax.default_backend(), tiny=args.tiny).init()[0]))
+    params = sum(
+      x.size
+      for x in jax.tree.leaves(
+        models.make_workload(model, jax.default_backend(), tiny=args.tiny).init()[0]
+      )
+    )
     print(f"\n## {model}: {description}, {params:,} params\n")
     print(markdown(rows))
     line = comparison_line(rows)
@@ -492,12 +608,21 @@ def main(argv=None) -> dict:
     print(f"\n### profile {name}")
     for op in ops:
       print(f"  {op['ms_per_step']:8.3f} ms  {op['op']}")
-  report = {"environment": env, "settings": {
-      "steps": args.steps, "warmup": args.warmup, "samples": args.samples,
-      "key_impl": args.key_impl, "tiny": args.tiny, "torch": use_torch,
+  report = {
+    "environment": env,
+    "settings": {
+      "steps": args.steps,
+      "warmup": args.warmup,
+      "samples": args.samples,
+      "key_impl": args.key_impl,
+      "tiny": args.tiny,
+      "torch": use_torch,
       "torch_threads": _torch_threads() if use_torch else None,
-      "hyperparameters": {"adamw": ADAMW, "sgd": SGD, "ivon": IVON}},
-      "results": all_rows, "profiles": profiles}
+      "hyperparameters": {"adamw": ADAMW, "sgd": SGD, "ivon": IVON},
+    },
+    "results": all_rows,
+    "profiles": profiles,
+  }
   if args.json:
     args.json.write_text(json.dumps(report, indent=2, default=_json_default))
   return report
@@ -505,6 +630,7 @@ def main(argv=None) -> dict:
 
 def _torch_threads() -> int:
   import torch  # pylint: disable=import-outside-toplevel
+
   return torch.get_num_threads()
 
 

@@ -27,8 +27,16 @@ def combine(reports: list[dict]) -> list[dict]:
   for report in reports:
     for result in report["results"]:
       key = (result["model"], result["backend"], result["optimizer"])
-      row = rows.setdefault(key, {"model": key[0], "backend": key[1], "optimizer": key[2],
-                                  "median_ms": [], "ratio_to_adamw": []})
+      row = rows.setdefault(
+        key,
+        {
+          "model": key[0],
+          "backend": key[1],
+          "optimizer": key[2],
+          "median_ms": [],
+          "ratio_to_adamw": [],
+        },
+      )
       row["median_ms"].append(result["step_ms"]["median"])
       if result["ratio_to_adamw"] is not None:
         row["ratio_to_adamw"].append(result["ratio_to_adamw"])
@@ -40,14 +48,28 @@ def main(argv=None) -> str:
   parser.add_argument("runs", nargs="+", type=Path, help="JSON files from step_time.py --json")
   args = parser.parse_args(argv)
   reports = [json.loads(path.read_text()) for path in args.runs]
-  table = [[
-      row["model"], row["backend"], row["optimizer"], len(row["median_ms"]),
+  table = [
+    [
+      row["model"],
+      row["backend"],
+      row["optimizer"],
+      len(row["median_ms"]),
       measure.spread(row["median_ms"]),
       measure.spread(row["ratio_to_adamw"]) if row["ratio_to_adamw"] else "n/a",
-  ] for row in combine(reports)]
+    ]
+    for row in combine(reports)
+  ]
   text = measure.markdown_table(
-      ["model", "backend", "optimizer", "runs", "median ms: median over runs [min, max]",
-       "/ AdamW [min, max]"], table)
+    [
+      "model",
+      "backend",
+      "optimizer",
+      "runs",
+      "median ms: median over runs [min, max]",
+      "/ AdamW [min, max]",
+    ],
+    table,
+  )
   print(text)
   return text
 

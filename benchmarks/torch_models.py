@@ -50,8 +50,9 @@ class ResidualBlock(nn.Module):
     self.norm2 = nn.BatchNorm2d(channels)
     self.shortcut = nn.Identity()
     if stride != 1 or inputs != channels:
-      self.shortcut = nn.Sequential(nn.Conv2d(inputs, channels, 1, stride, bias=False),
-                                    nn.BatchNorm2d(channels))
+      self.shortcut = nn.Sequential(
+        nn.Conv2d(inputs, channels, 1, stride, bias=False), nn.BatchNorm2d(channels)
+      )
 
   def forward(self, images):
     features = F.relu(self.norm1(self.conv1(images)))
@@ -150,8 +151,9 @@ def make_torch_workload(name: str, device: str, tiny: bool = False) -> TorchWork
   data, labels = data.to(device), labels.to(device)
 
   def loss(module):
-    with torch.autocast(device_type=device, dtype=autocast_dtype,
-                        enabled=autocast_dtype is not None):
+    with torch.autocast(
+      device_type=device, dtype=autocast_dtype, enabled=autocast_dtype is not None
+    ):
       logits = module(data)
     return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1))
 

@@ -31,10 +31,18 @@ import time
 
 def parse_args(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--total-steps", type=int, default=300,
-                      help="the run's length, which the learning-rate schedule spans")
-  parser.add_argument("--stop-at", type=int, default=None,
-                      help="stop (and checkpoint) at this step, as if interrupted")
+  parser.add_argument(
+    "--total-steps",
+    type=int,
+    default=300,
+    help="the run's length, which the learning-rate schedule spans",
+  )
+  parser.add_argument(
+    "--stop-at",
+    type=int,
+    default=None,
+    help="stop (and checkpoint) at this step, as if interrupted",
+  )
   parser.add_argument("--save-every", type=int, default=100)
   parser.add_argument("--checkpoint-dir", required=True)
   parser.add_argument("--devices", type=int, default=1, help="simulated CPU devices")
@@ -47,8 +55,8 @@ ARGS = parse_args() if __name__ == "__main__" else None
 if ARGS is not None and ARGS.devices > 1:
   # Must precede the first use of jax's CPU backend.
   os.environ["XLA_FLAGS"] = (
-      os.environ.get("XLA_FLAGS", "")
-      + f" --xla_force_host_platform_device_count={ARGS.devices}")
+    os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={ARGS.devices}"
+  )
 
 import jax
 import jax.numpy as jnp
@@ -70,8 +78,8 @@ from digits_mlp import load_data
 
 def make_optimizer(total_steps: int, num_train: int):
   schedule = optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=1.0, warmup_steps=total_steps // 10,
-      decay_steps=total_steps)
+    init_value=0.0, peak_value=1.0, warmup_steps=total_steps // 10, decay_steps=total_steps
+  )
   return ivon_optax.ivon(schedule, ess=float(num_train), hess_init=0.5, weight_decay=1e-3)
 
 
@@ -79,7 +87,7 @@ def batch_indices(loader, num_train: int, batch_size: int, seed: int):
   """The example indices at the loader position; each epoch is a fresh shuffle."""
   order = np.random.default_rng([seed, int(loader["epoch"])]).permutation(num_train)
   start = int(loader["index"]) * batch_size
-  return order[start:start + batch_size]
+  return order[start : start + batch_size]
 
 
 def advance(loader, num_train: int, batch_size: int):
@@ -93,7 +101,8 @@ def advance(loader, num_train: int, batch_size: int):
 def make_mesh(num_devices: int):
   fsdp = 2 if num_devices % 2 == 0 else 1
   return jax.make_mesh(
-      (num_devices // fsdp, fsdp), ("data", "fsdp"), axis_types=(AxisType.Auto,) * 2)
+    (num_devices // fsdp, fsdp), ("data", "fsdp"), axis_types=(AxisType.Auto,) * 2
+  )
 
 
 def fsdp_spec(param, fsdp_size: int):
@@ -106,16 +115,19 @@ def fsdp_spec(param, fsdp_size: int):
 def initial_state(model, tx, mesh, seed: int):
   """Step 0's train state, laid out on ``mesh``."""
   params = model.init(jax.random.key(seed), jnp.zeros((1, 64)))["params"]
-  params = jax.device_put(params, jax.tree.map(
-      lambda p: NamedSharding(mesh, fsdp_spec(p, mesh.shape["fsdp"])), params))
-  opt_state = jax.jit(tx.init, out_shardings=ivon_optax.state_sharding(
-      jax.eval_shape(tx.init, params), params))(params)
+  params = jax.device_put(
+    params, jax.tree.map(lambda p: NamedSharding(mesh, fsdp_spec(p, mesh.shape["fsdp"])), params)
+  )
+  opt_state = jax.jit(
+    tx.init,
+    out_shardings=ivon_optax.sharding.state_sharding(jax.eval_shape(tx.init, params), params),
+  )(params)
   replicated = NamedSharding(mesh, P())
   return {
-      "params": params,
-      "opt_state": opt_state,
-      "step": jax.device_put(jnp.zeros([], jnp.int32), replicated),
-      "loader": {"epoch": 0, "index": 0},
+    "params": params,
+    "opt_state": opt_state,
+    "step": jax.device_put(jnp.zeros([], jnp.int32), replicated),
+    "loader": {"epoch": 0, "index": 0},
   }
 
 
@@ -145,26 +157,33 @@ def train(args) -> dict:
   mesh = make_mesh(jax.device_count())
   batch_sharding = NamedSharding(mesh, P(("data", "fsdp")))
   manager = ocp.CheckpointManager(
-      os.path.abspath(args.checkpoint_dir),
-      item_handlers=ocp.StandardCheckpointHandler(),
-      options=ocp.CheckpointManagerOptions(max_to_keep=3, save_interval_steps=args.save_every))
+    os.path.abspath(args.checkpoint_dir),
+    item_handlers=ocp.StandardCheckpointHandler(),
+    options=ocp.CheckpointManagerOptions(max_to_keep=3, save_interval_steps=args.save_every),
+  )
   state = initial_state(model, tx, mesh, args.seed)
   if manager.latest_step() is not None:
     state = ivon_optax.checkpoint.restore(manager, state)
     # Restored into this run's layout, whatever layout wrote it.
-    ivon_optax.check_state_sharding(state["opt_state"], state["params"])
-    print(f"resumed at step {int(state['step'])} (epoch {state['loader']['epoch']}, "
-          f"batch {state['loader']['index']}) on {jax.device_count()} device(s)")
+    ivon_optax.sharding.check_state_sharding(state["opt_state"], state["params"])
+    print(
+      f"resumed at step {int(state['step'])} (epoch {state['loader']['epoch']}, "
+      f"batch {state['loader']['index']}) on {jax.device_count()} device(s)"
+    )
   train_step = make_train_step(model, tx, jax.random.key(args.seed))
   start, losses = time.perf_counter(), []
   while int(state["step"]) < stop_at:
     indices = batch_indices(state["loader"], len(train_x), args.batch_size, args.seed)
     batch = jax.device_put((train_x[indices], train_y[indices]), batch_sharding)
     params, opt_state, step, loss = train_step(
-        state["params"], state["opt_state"], state["step"], *batch)
+      state["params"], state["opt_state"], state["step"], *batch
+    )
     state = {
-        "params": params, "opt_state": opt_state, "step": step,
-        "loader": advance(state["loader"], len(train_x), args.batch_size)}
+      "params": params,
+      "opt_state": opt_state,
+      "step": step,
+      "loader": advance(state["loader"], len(train_x), args.batch_size),
+    }
     losses.append(float(loss))
     # Saves every `save_every` steps, and where this run stops.
     manager.save(int(step), args=ocp.args.StandardSave(state), force=int(step) == stop_at)
@@ -173,11 +192,13 @@ def train(args) -> dict:
   logits = model.apply({"params": state["params"]}, test_x)
   accuracy = float(jnp.mean(jnp.argmax(logits, -1) == test_y))
   ivon_state = ivon_optax.find_ivon_state(state["opt_state"])
-  print(f"step {int(state['step'])}: IVON count {int(ivon_state.count)}, "
-        f"mean train loss of this run's last 50 steps "
-        f"{np.mean(losses[-50:]) if losses else float('nan'):.4f}, "
-        f"test accuracy at the mean {accuracy:.3f}, "
-        f"{time.perf_counter() - start:.1f}s for {len(losses)} steps")
+  print(
+    f"step {int(state['step'])}: IVON count {int(ivon_state.count)}, "
+    f"mean train loss of this run's last 50 steps "
+    f"{np.mean(losses[-50:]) if losses else float('nan'):.4f}, "
+    f"test accuracy at the mean {accuracy:.3f}, "
+    f"{time.perf_counter() - start:.1f}s for {len(losses)} steps"
+  )
   return state
 
 

@@ -47,8 +47,12 @@ def load_digits(seed: int = 0, test_fraction: float = 0.2) -> Dataset:
 
   x, y = sklearn_digits(return_X_y=True)
   x_train, x_test, y_train, y_test = train_test_split(
-      (x / 16.0).astype(np.float32), y.astype(np.int32), test_size=test_fraction,
-      random_state=seed, stratify=y)
+    (x / 16.0).astype(np.float32),
+    y.astype(np.int32),
+    test_size=test_fraction,
+    random_state=seed,
+    stratify=y,
+  )
   return Dataset("digits", x_train, y_train, x_test, y_test, 10)
 
 
@@ -66,8 +70,13 @@ def load_mnist1d(num_samples: int = 5000, seed: int = 42) -> Dataset:
   args.num_samples, args.seed = num_samples, seed
   data = make_dataset(args)
   return Dataset(
-      "mnist1d", data["x"].astype(np.float32), data["y"].astype(np.int32),
-      data["x_test"].astype(np.float32), data["y_test"].astype(np.int32), 10)
+    "mnist1d",
+    data["x"].astype(np.float32),
+    data["y"].astype(np.int32),
+    data["x_test"].astype(np.float32),
+    data["y_test"].astype(np.int32),
+    10,
+  )
 
 
 def load_dataset(name: str, seed: int = 0) -> Dataset:
@@ -85,8 +94,13 @@ def validation_split(data: Dataset, fraction: float = 0.2, seed: int = 0) -> Dat
   num_val = round(fraction * len(order))
   val, train = order[:num_val], order[num_val:]
   return Dataset(
-      data.name + "-val", data.x_train[train], data.y_train[train], data.x_train[val],
-      data.y_train[val], data.num_classes)
+    data.name + "-val",
+    data.x_train[train],
+    data.y_train[train],
+    data.x_train[val],
+    data.y_train[val],
+    data.num_classes,
+  )
 
 
 # --- Model and optimizers --------------------------------------------------------
@@ -127,30 +141,32 @@ class OptimizerConfig:
 # training set, 2 seeds, 256-256 MLP, 60 epochs, batch 128); see docs/readme/prediction.md.
 # "ivon-4mc" draws 4 weight samples per step (4x the gradient evaluations).
 CLASSIFIER_CONFIGS = {
-    "digits": {
-        "sgd": OptimizerConfig("sgd", learning_rate=0.3, weight_decay=1e-4),
-        "adamw": OptimizerConfig("adamw", learning_rate=0.03, weight_decay=0.1),
-        "ivon": OptimizerConfig(
-            "ivon", learning_rate=2.0, weight_decay=1e-4, hess_init=0.3, beta2=0.999),
-        "ivon-4mc": OptimizerConfig(
-            "ivon", learning_rate=4.0, weight_decay=1e-3, hess_init=1.0, beta2=0.999,
-            train_samples=4),
-    },
-    "mnist1d": {
-        "sgd": OptimizerConfig("sgd", learning_rate=0.3, weight_decay=1e-3),
-        "adamw": OptimizerConfig("adamw", learning_rate=0.03, weight_decay=0.5),
-        "ivon": OptimizerConfig(
-            "ivon", learning_rate=4.0, weight_decay=1e-3, hess_init=0.3, beta2=0.999),
-        "ivon-4mc": OptimizerConfig(
-            "ivon", learning_rate=4.0, weight_decay=1e-3, hess_init=0.3, beta2=0.999,
-            train_samples=4),
-    },
+  "digits": {
+    "sgd": OptimizerConfig("sgd", learning_rate=0.3, weight_decay=1e-4),
+    "adamw": OptimizerConfig("adamw", learning_rate=0.03, weight_decay=0.1),
+    "ivon": OptimizerConfig(
+      "ivon", learning_rate=2.0, weight_decay=1e-4, hess_init=0.3, beta2=0.999
+    ),
+    "ivon-4mc": OptimizerConfig(
+      "ivon", learning_rate=4.0, weight_decay=1e-3, hess_init=1.0, beta2=0.999, train_samples=4
+    ),
+  },
+  "mnist1d": {
+    "sgd": OptimizerConfig("sgd", learning_rate=0.3, weight_decay=1e-3),
+    "adamw": OptimizerConfig("adamw", learning_rate=0.03, weight_decay=0.5),
+    "ivon": OptimizerConfig(
+      "ivon", learning_rate=4.0, weight_decay=1e-3, hess_init=0.3, beta2=0.999
+    ),
+    "ivon-4mc": OptimizerConfig(
+      "ivon", learning_rate=4.0, weight_decay=1e-3, hess_init=0.3, beta2=0.999, train_samples=4
+    ),
+  },
 }
 
 
 @functools.lru_cache(maxsize=64)
 def make_optimizer(
-    config: OptimizerConfig, num_train: int, steps_per_epoch: int, epochs: int
+  config: OptimizerConfig, num_train: int, steps_per_epoch: int, epochs: int
 ) -> optax.GradientTransformation:
   """The optax optimizer of ``config``; IVON's ess is the training-set size, as the paper advises.
 
@@ -159,16 +175,21 @@ def make_optimizer(
   """
   warmup = min(config.warmup_epochs, epochs) * steps_per_epoch
   schedule = optax.warmup_cosine_decay_schedule(
-      0.0, config.learning_rate, warmup, max(epochs * steps_per_epoch, warmup + 1))
+    0.0, config.learning_rate, warmup, max(epochs * steps_per_epoch, warmup + 1)
+  )
   if config.name == "ivon":
     return ivon_optax.ivon(
-        schedule, ess=float(num_train), hess_init=config.hess_init, beta2=config.beta2,
-        weight_decay=config.weight_decay)
+      schedule,
+      ess=float(num_train),
+      hess_init=config.hess_init,
+      beta2=config.beta2,
+      weight_decay=config.weight_decay,
+    )
   if config.name == "adamw":
     return optax.adamw(schedule, weight_decay=config.weight_decay)
   return optax.chain(
-      optax.add_decayed_weights(config.weight_decay),
-      optax.sgd(schedule, momentum=config.momentum))
+    optax.add_decayed_weights(config.weight_decay), optax.sgd(schedule, momentum=config.momentum)
+  )
 
 
 # --- Training --------------------------------------------------------------------
@@ -221,7 +242,8 @@ class TrainResult:
 
 @functools.partial(jax.jit, static_argnames=("loss_fn", "batch_size", "train_samples"))
 def _run_epoch(
-    state, epoch_key, sample_key, x_train, y_train, *, loss_fn, batch_size, train_samples):
+  state, epoch_key, sample_key, x_train, y_train, *, loss_fn, batch_size, train_samples
+):
   num_train = x_train.shape[0]
   steps_per_epoch = num_train // batch_size
   order = jax.random.permutation(epoch_key, num_train)
@@ -236,16 +258,16 @@ def _run_epoch(
 
 
 def train(
-    model: nn.Module,
-    config: OptimizerConfig,
-    x_train: np.ndarray,
-    y_train: np.ndarray,
-    *,
-    epochs: int,
-    batch_size: int,
-    seed: int,
-    loss_fn: LossFn = softmax_cross_entropy,
-    progress: bool = True,
+  model: nn.Module,
+  config: OptimizerConfig,
+  x_train: np.ndarray,
+  y_train: np.ndarray,
+  *,
+  epochs: int,
+  batch_size: int,
+  seed: int,
+  loss_fn: LossFn = softmax_cross_entropy,
+  progress: bool = True,
 ) -> TrainResult:
   """Trains ``model`` with ``config``'s optimizer for ``epochs`` passes over shuffled mini-batches.
 
@@ -269,8 +291,15 @@ def train(
   with tqdm(range(epochs), desc=f"{config.name:>5}", disable=not progress, leave=False) as bar:
     for epoch in bar:
       state, loss = _run_epoch(
-          state, jax.random.fold_in(data_key, epoch), sample_key, x_train, y_train,
-          loss_fn=loss_fn, batch_size=batch_size, train_samples=config.train_samples)
+        state,
+        jax.random.fold_in(data_key, epoch),
+        sample_key,
+        x_train,
+        y_train,
+        loss_fn=loss_fn,
+        batch_size=batch_size,
+        train_samples=config.train_samples,
+      )
       losses.append(float(loss))
       bar.set_postfix(loss=f"{losses[-1]:.3f}")
   return TrainResult(state, config, losses)
@@ -292,25 +321,25 @@ def predict_at_mean(state, inputs: np.ndarray) -> jax.Array:
 @functools.partial(jax.jit, static_argnames=("apply_fn", "num_samples"))
 def _sample_outputs(apply_fn, opt_state, params, key, inputs, *, num_samples):
   return ivon_optax.flax.sample_linen_outputs(
-      key, apply_fn, opt_state, {"params": params}, inputs, num_samples=num_samples,
-      batch_size=16)
+    key, apply_fn, opt_state, {"params": params}, inputs, num_samples=num_samples, batch_size=16
+  )
 
 
 def predict_samples(state, key, inputs: np.ndarray, num_samples: int) -> jax.Array:
   """IVON's outputs at ``num_samples`` posterior samples, stacked on axis 0 (16 at a time)."""
   return _sample_outputs(
-      state.apply_fn, state.opt_state, state.params, key, jnp.asarray(inputs),
-      num_samples=num_samples)
+    state.apply_fn, state.opt_state, state.params, key, jnp.asarray(inputs), num_samples=num_samples
+  )
 
 
 def classification_metrics(log_probs: jax.Array, labels: np.ndarray) -> dict:
   """Test accuracy, NLL, ECE (15 bins) and Brier score of normalized log probabilities."""
   labels = jnp.asarray(labels)
   return {
-      "accuracy": float(ivon_optax.accuracy(log_probs, labels)),
-      "nll": float(ivon_optax.negative_log_likelihood(log_probs, labels)),
-      "ece": float(ivon_optax.expected_calibration_error(log_probs, labels)),
-      "brier": float(ivon_optax.brier_score(log_probs, labels)),
+    "accuracy": float(ivon_optax.metrics.accuracy(log_probs, labels)),
+    "nll": float(ivon_optax.metrics.negative_log_likelihood(log_probs, labels)),
+    "ece": float(ivon_optax.metrics.expected_calibration_error(log_probs, labels)),
+    "brier": float(ivon_optax.metrics.brier_score(log_probs, labels)),
   }
 
 
@@ -335,7 +364,7 @@ def format_table(rows: dict, digits: int = 3) -> str:
 
 
 def plot_reliability(
-    curves: dict, labels: np.ndarray, path: str, title: str, num_bins: int = 15
+  curves: dict, labels: np.ndarray, path: str, title: str, num_bins: int = 15
 ) -> None:
   """Saves a reliability diagram: accuracy against confidence per bin, one line per method.
 
@@ -345,23 +374,35 @@ def plot_reliability(
   import matplotlib.pyplot as plt
 
   fig, (ax_diagram, ax_count) = plt.subplots(
-      2, 1, figsize=(5.5, 6.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    2, 1, figsize=(5.5, 6.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+  )
   ax_diagram.plot([0, 1], [0, 1], color="0.6", linestyle="--", label="perfect calibration")
   width = 1.0 / num_bins
   for method, log_probs in curves.items():
-    bins = ivon_optax.calibration_bins(log_probs, jnp.asarray(labels), num_bins)
+    bins = ivon_optax.metrics.calibration_bins(log_probs, jnp.asarray(labels), num_bins)
     filled = np.asarray(bins.count) > 0
-    ece = float(ivon_optax.expected_calibration_error(log_probs, jnp.asarray(labels), num_bins))
+    ece = float(
+      ivon_optax.metrics.expected_calibration_error(log_probs, jnp.asarray(labels), num_bins)
+    )
     share = np.asarray(bins.count)[filled] / len(labels)
-    line, = ax_diagram.plot(
-        np.asarray(bins.confidence)[filled], np.asarray(bins.accuracy)[filled], linewidth=1,
-        label=f"{method} (ECE {ece:.3f})")
+    (line,) = ax_diagram.plot(
+      np.asarray(bins.confidence)[filled],
+      np.asarray(bins.accuracy)[filled],
+      linewidth=1,
+      label=f"{method} (ECE {ece:.3f})",
+    )
     ax_diagram.scatter(
-        np.asarray(bins.confidence)[filled], np.asarray(bins.accuracy)[filled],
-        s=4 + 200 * share, color=line.get_color())
+      np.asarray(bins.confidence)[filled],
+      np.asarray(bins.accuracy)[filled],
+      s=4 + 200 * share,
+      color=line.get_color(),
+    )
     ax_count.step(
-        (np.arange(num_bins) + 0.5) * width, np.asarray(bins.count) / len(labels),
-        where="mid", label=method)
+      (np.arange(num_bins) + 0.5) * width,
+      np.asarray(bins.count) / len(labels),
+      where="mid",
+      label=method,
+    )
   ax_diagram.set(ylabel="accuracy", xlim=(0, 1), ylim=(0, 1), title=title)
   ax_diagram.legend(loc="upper left", fontsize=8)
   ax_count.set(xlabel="confidence (top-class probability)", ylabel="fraction", yscale="log")
@@ -380,4 +421,3 @@ def describe(config: OptimizerConfig) -> str:
   if config.name == "sgd":
     text += f", momentum {config.momentum:g}"
   return text
-

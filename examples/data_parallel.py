@@ -38,7 +38,8 @@ def parse_args(argv=None):
 ARGS = parse_args()
 # Must precede the first use of jax's CPU backend.
 os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={ARGS.devices}")
+  os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={ARGS.devices}"
+)
 
 import jax
 import jax.numpy as jnp
@@ -65,9 +66,11 @@ def loss_fn(params, inputs, labels):
 
 def make_optimizer(num_train: int, axis_name=None):
   schedule = optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=1.0, warmup_steps=ARGS.steps // 10, decay_steps=ARGS.steps)
+    init_value=0.0, peak_value=1.0, warmup_steps=ARGS.steps // 10, decay_steps=ARGS.steps
+  )
   return ivon_optax.ivon(
-      schedule, ess=float(num_train), hess_init=0.5, weight_decay=1e-3, axis_name=axis_name)
+    schedule, ess=float(num_train), hess_init=0.5, weight_decay=1e-3, axis_name=axis_name
+  )
 
 
 def batches(train_x, train_y):
@@ -76,7 +79,7 @@ def batches(train_x, train_y):
   for step in range(ARGS.steps):
     epoch, index = divmod(step, per_epoch)
     order = np.random.default_rng([ARGS.seed, epoch]).permutation(len(train_x))
-    chosen = order[index * ARGS.batch_size:(index + 1) * ARGS.batch_size]
+    chosen = order[index * ARGS.batch_size : (index + 1) * ARGS.batch_size]
     yield step, train_x[chosen], train_y[chosen]
 
 
@@ -103,14 +106,16 @@ def mesh_data_parallel(params, train_x, train_y, base_key):
   """Flavour 1: the batch over 'data' x 'fsdp', params and IVON state FSDP over 'fsdp'."""
   fsdp = 2
   mesh = jax.make_mesh(
-      (ARGS.devices // fsdp, fsdp), ("data", "fsdp"), axis_types=(AxisType.Auto,) * 2)
+    (ARGS.devices // fsdp, fsdp), ("data", "fsdp"), axis_types=(AxisType.Auto,) * 2
+  )
   tx = make_optimizer(len(train_x))
   params = jax.device_put(
-      params, jax.tree.map(lambda p: NamedSharding(mesh, fsdp_spec(p, fsdp)), params))
+    params, jax.tree.map(lambda p: NamedSharding(mesh, fsdp_spec(p, fsdp)), params)
+  )
   # Each state buffer laid out like its param; counts and scalars replicated.
-  state_sharding = ivon_optax.state_sharding(jax.eval_shape(tx.init, params), params)
+  state_sharding = ivon_optax.sharding.state_sharding(jax.eval_shape(tx.init, params), params)
   opt_state = jax.jit(tx.init, out_shardings=state_sharding)(params)
-  ivon_optax.check_state_sharding(opt_state, params)
+  ivon_optax.sharding.check_state_sharding(opt_state, params)
   batch_sharding = NamedSharding(mesh, P(("data", "fsdp")))
   step_fn = jax.jit(one_sample_step(tx, base_key), donate_argnums=(0, 1))
 
@@ -120,22 +125,31 @@ def mesh_data_parallel(params, train_x, train_y, base_key):
   losses, start = [], None
   for step, inputs, labels in batches(train_x, train_y):
     params, opt_state, loss = step_fn(
-        params, opt_state, step, *jax.device_put((inputs, labels), batch_sharding))
+      params, opt_state, step, *jax.device_put((inputs, labels), batch_sharding)
+    )
     # Simulated devices share the host's few cores: letting steps queue up can
     # starve one step's collectives of threads, so wait for each step here.
     losses.append(float(loss))
     if step == 0:
       one_device, _, _ = jax.jit(one_sample_step(tx, base_key))(
-          host_params, host_state, step, inputs, labels)
-      gap = max(jax.tree.leaves(jax.tree.map(
-          lambda a, b: float(jnp.max(jnp.abs(a - b))), params, one_device)))
-      print(f"flavour 1: first step on {ARGS.devices} devices vs 1 device, "
-            f"max |diff| of the params = {gap:.1e}")
+        host_params, host_state, step, inputs, labels
+      )
+      gap = max(
+        jax.tree.leaves(
+          jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), params, one_device)
+        )
+      )
+      print(
+        f"flavour 1: first step on {ARGS.devices} devices vs 1 device, "
+        f"max |diff| of the params = {gap:.1e}"
+      )
       start = time.perf_counter()  # timing starts after compiling
   seconds_per_step = (time.perf_counter() - start) / max(ARGS.steps - 1, 1)
   kernel = params["Dense_0"]["kernel"]
-  print(f"flavour 1: Dense_0 kernel {kernel.shape} sharded {kernel.sharding.spec}, "
-        f"its Hessian {ivon_optax.find_ivon_state(opt_state).hess['Dense_0']['kernel'].sharding.spec}")
+  print(
+    f"flavour 1: Dense_0 kernel {kernel.shape} sharded {kernel.sharding.spec}, "
+    f"its Hessian {ivon_optax.find_ivon_state(opt_state).hess['Dense_0']['kernel'].sharding.spec}"
+  )
   return params, opt_state, losses, seconds_per_step
 
 
@@ -154,15 +168,21 @@ def per_device_samples(params, train_x, train_y, base_key):
     updates, opt_state = tx.update(grads, opt_state, params, noise=noise)  # pmeans over 'data'
     return optax.apply_updates(params, updates), opt_state, jax.lax.pmean(loss, "data")
 
-  step_fn = jax.jit(jax.shard_map(
-      per_device, mesh=mesh,
-      in_specs=(P(), P(), P(), P("data"), P("data")), out_specs=(P(), P(), P())),
-      donate_argnums=(0, 1))
+  step_fn = jax.jit(
+    jax.shard_map(
+      per_device,
+      mesh=mesh,
+      in_specs=(P(), P(), P(), P("data"), P("data")),
+      out_specs=(P(), P(), P()),
+    ),
+    donate_argnums=(0, 1),
+  )
   batch_sharding = NamedSharding(mesh, P("data"))
   losses, start = [], None
   for step, inputs, labels in batches(train_x, train_y):
     params, opt_state, loss = step_fn(
-        params, opt_state, step, *jax.device_put((inputs, labels), batch_sharding))
+      params, opt_state, step, *jax.device_put((inputs, labels), batch_sharding)
+    )
     losses.append(float(loss))  # waits for the step, as in flavour 1
     if step == 0:
       start = time.perf_counter()
@@ -172,7 +192,7 @@ def per_device_samples(params, train_x, train_y, base_key):
 
 @jax.jit
 def sample_log_probs(key, params, opt_state, inputs):
-  """log p(y | x, theta) at one posterior sample theta."""
+  """Log p(y | x, theta) at one posterior sample theta."""
   sampled, _ = ivon_optax.sample_params(key, opt_state, params)
   return jax.nn.log_softmax(MODEL.apply({"params": sampled}, inputs))
 
@@ -181,9 +201,12 @@ def evaluate(params, opt_state, test_x, test_y, key, num_samples: int = 16):
   """Test accuracy at the mean, and the NLL of the model average over posterior samples."""
   params, opt_state = jax.device_get((params, opt_state))
   accuracy = float(jnp.mean(jnp.argmax(MODEL.apply({"params": params}, test_x), -1) == test_y))
-  log_probs = jnp.stack([
+  log_probs = jnp.stack(
+    [
       sample_log_probs(sample_key, params, opt_state, test_x)
-      for sample_key in jax.random.split(key, num_samples)])
+      for sample_key in jax.random.split(key, num_samples)
+    ]
+  )
   averaged = jax.nn.logsumexp(log_probs, axis=0) - jnp.log(num_samples)
   nll = float(-jnp.mean(jnp.take_along_axis(averaged, test_y[:, None], axis=-1)))
   return accuracy, nll
@@ -198,15 +221,18 @@ def main():
   params = MODEL.init(jax.random.key(ARGS.seed + 1), train_x[:1])["params"]
   rows = []
   for name, samples, run in (
-      ("1: mesh, FSDP", 1, mesh_data_parallel),
-      ("2: shard_map, per-device noise", ARGS.devices, per_device_samples)):
+    ("1: mesh, FSDP", 1, mesh_data_parallel),
+    ("2: shard_map, per-device noise", ARGS.devices, per_device_samples),
+  ):
     final_params, opt_state, losses, seconds_per_step = run(params, train_x, train_y, base_key)
     accuracy, nll = evaluate(final_params, opt_state, test_x, test_y, jax.random.key(123))
     last = float(np.mean(losses[-20:]))
     rows.append((name, samples, last, accuracy, nll, 1000 * seconds_per_step))
   print(f"\n{ARGS.steps} steps, global batch {ARGS.batch_size}, {ARGS.devices} devices")
-  print("| flavour | MC samples / step | train loss (last 20) | test acc. (mean) "
-        "| test NLL (16-sample avg.) | ms / step |")
+  print(
+    "| flavour | MC samples / step | train loss (last 20) | test acc. (mean) "
+    "| test NLL (16-sample avg.) | ms / step |"
+  )
   print("|---|---|---|---|---|---|")
   for name, samples, last, accuracy, nll, ms in rows:
     print(f"| {name} | {samples} | {last:.4f} | {accuracy:.3f} | {nll:.4f} | {ms:.1f} |")

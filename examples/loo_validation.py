@@ -1,7 +1,7 @@
 """Validation without a validation set: IVON's leave-one-out estimate against the test NLL.
 
 Trains a small MLP on a few hundred digits with IVON and, after every epoch,
-computes ``ivon_optax.leave_one_out`` on the training data alone. Plots the
+computes ``ivon_optax.sensitivity.leave_one_out`` on the training data alone. Plots the
 estimate next to the test NLL (which training never sees), reports their
 correlation and what early stopping on the estimate would pick, then shows
 the pitfall: with the default ``beta2=0.99999`` the posterior variance stays
@@ -36,8 +36,12 @@ def parse_args(argv=None):
   parser.add_argument("--hess-init", type=float, default=0.1)
   parser.add_argument("--beta2", type=float, default=0.999)
   parser.add_argument("--weight-decay", type=float, default=1e-4)
-  parser.add_argument("--pitfall-epochs", type=int, default=30,
-                      help="epochs per run of the hess_init comparison (0 to skip it)")
+  parser.add_argument(
+    "--pitfall-epochs",
+    type=int,
+    default=30,
+    help="epochs per run of the hess_init comparison (0 to skip it)",
+  )
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--out", default="loo_validation.png")
   return parser.parse_args(argv)
@@ -48,14 +52,27 @@ def run(args, *, hess_init, beta2, num_epochs):
   params = common.init_mlp(jax.random.key(args.seed), [64, 32, common.NUM_CLASSES])
   if args.schedule == "cosine":
     schedule = optax.cosine_decay_schedule(
-        args.learning_rate, num_epochs * args.steps_per_epoch, alpha=0.05)
+      args.learning_rate, num_epochs * args.steps_per_epoch, alpha=0.05
+    )
   else:
     schedule = optax.constant_schedule(args.learning_rate)
-  tx = ivon_optax.ivon(schedule, ess=float(args.num_train), hess_init=hess_init, beta2=beta2,
-                       weight_decay=args.weight_decay)
+  tx = ivon_optax.ivon(
+    schedule,
+    ess=float(args.num_train),
+    hess_init=hess_init,
+    beta2=beta2,
+    weight_decay=args.weight_decay,
+  )
   return common.train_with_loo(
-      jax.random.key(args.seed + 1), tx, params, train, test, num_epochs=num_epochs,
-      steps_per_epoch=args.steps_per_epoch, batch_size=32)[2]
+    jax.random.key(args.seed + 1),
+    tx,
+    params,
+    train,
+    test,
+    num_epochs=num_epochs,
+    steps_per_epoch=args.steps_per_epoch,
+    batch_size=32,
+  )[2]
 
 
 def correlation(a, b) -> float:
@@ -96,22 +113,28 @@ def main(argv=None) -> dict:
   picked = int(np.argmin(log.loo_nll))
   best = int(np.argmin(log.test_nll))
   summary = {
-      "output": args.out,
-      "correlation_nll": correlation(log.loo_nll, log.test_nll),
-      "correlation_error": correlation(log.loo_error, log.test_error),
-      "picked_epoch": picked + 1,
-      "picked_test_nll": float(log.test_nll[picked]),
-      "best_epoch": best + 1,
-      "best_test_nll": float(log.test_nll[best]),
-      "final": {name: float(values[-1]) for name, values in log._asdict().items()},
+    "output": args.out,
+    "correlation_nll": correlation(log.loo_nll, log.test_nll),
+    "correlation_error": correlation(log.loo_error, log.test_error),
+    "picked_epoch": picked + 1,
+    "picked_test_nll": float(log.test_nll[picked]),
+    "best_epoch": best + 1,
+    "best_test_nll": float(log.test_nll[best]),
+    "final": {name: float(values[-1]) for name, values in log._asdict().items()},
   }
-  print(f"corr(LOO NLL, test NLL) over {args.epochs} epochs: {summary['correlation_nll']:.3f}; "
-        f"corr(LOO error, test error): {summary['correlation_error']:.3f}")
-  print(f"early stopping on the LOO estimate: epoch {picked + 1}, test NLL "
-        f"{log.test_nll[picked]:.4f}; best test NLL {log.test_nll[best]:.4f} at epoch {best + 1}")
-  print(f"final epoch: LOO NLL {log.loo_nll[-1]:.4f}, test NLL {log.test_nll[-1]:.4f}, "
-        f"train NLL {log.train_nll[-1]:.4f}; LOO error {log.loo_error[-1]:.4f}, test error "
-        f"{log.test_error[-1]:.4f}")
+  print(
+    f"corr(LOO NLL, test NLL) over {args.epochs} epochs: {summary['correlation_nll']:.3f}; "
+    f"corr(LOO error, test error): {summary['correlation_error']:.3f}"
+  )
+  print(
+    f"early stopping on the LOO estimate: epoch {picked + 1}, test NLL "
+    f"{log.test_nll[picked]:.4f}; best test NLL {log.test_nll[best]:.4f} at epoch {best + 1}"
+  )
+  print(
+    f"final epoch: LOO NLL {log.loo_nll[-1]:.4f}, test NLL {log.test_nll[-1]:.4f}, "
+    f"train NLL {log.train_nll[-1]:.4f}; LOO error {log.loo_error[-1]:.4f}, test error "
+    f"{log.test_error[-1]:.4f}"
+  )
   print(f"saved {args.out}")
 
   if args.pitfall_epochs > 0:
@@ -119,16 +142,24 @@ def main(argv=None) -> dict:
     settings = [(0.01, 0.99999), (0.1, 0.99999), (1.0, 0.99999), (args.hess_init, args.beta2)]
     for hess_init, beta2 in settings:
       run_log = run(args, hess_init=hess_init, beta2=beta2, num_epochs=args.pitfall_epochs)
-      rows.append({"hess_init": hess_init, "beta2": beta2,
-                   "loo_nll": float(run_log.loo_nll[-1]), "test_nll": float(run_log.test_nll[-1]),
-                   "train_nll": float(run_log.train_nll[-1])})
+      rows.append(
+        {
+          "hess_init": hess_init,
+          "beta2": beta2,
+          "loo_nll": float(run_log.loo_nll[-1]),
+          "test_nll": float(run_log.test_nll[-1]),
+          "train_nll": float(run_log.train_nll[-1]),
+        }
+      )
     summary["pitfall"] = rows
     print(f"\nhess_init pitfall, after {args.pitfall_epochs} epochs:\n")
     print("| hess_init | beta2 | LOO NLL | test NLL | train NLL |")
     print("|---|---|---|---|---|")
     for row in rows:
-      print(f"| {row['hess_init']:g} | {row['beta2']:g} | {row['loo_nll']:.3f} | "
-            f"{row['test_nll']:.3f} | {row['train_nll']:.3f} |")
+      print(
+        f"| {row['hess_init']:g} | {row['beta2']:g} | {row['loo_nll']:.3f} | "
+        f"{row['test_nll']:.3f} | {row['train_nll']:.3f} |"
+      )
   return summary
 
 

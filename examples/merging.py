@@ -2,7 +2,7 @@
 
 A small MLP is trained with IVON on a few digits of all classes (the base),
 then fine-tuned with IVON on digits 0-4 and, separately, on digits 5-9. The
-two models are merged with ``ivon_optax.merge_models`` (uncertainty-based
+two models are merged with ``ivon_optax.merging.merge_models`` (uncertainty-based
 gradient matching, the base's IVON precision as H_0) and compared on the test
 digits of all ten classes with the plain average, task arithmetic at the same
 scale, and Fisher-weighted averaging of AdamW fine-tunings (squared
@@ -52,16 +52,17 @@ def adamw_steps(key, params, inputs, labels, *, num_steps):
     updates, opt_state = tx.update(grads, opt_state, params)
     return (optax.apply_updates(params, updates), opt_state), None
 
-  (params, _), _ = jax.lax.scan(step, (params, tx.init(params)),
-                                jax.random.split(key, num_steps))
+  (params, _), _ = jax.lax.scan(step, (params, tx.init(params)), jax.random.split(key, num_steps))
   return params
 
 
 @jax.jit
 def squared_gradient_fisher(params, inputs, labels):
   """Empirical Fisher diagonal: the sum over examples of squared per-example gradients."""
+
   def example_grad(x, y):
     return jax.grad(common.mean_nll)(params, x[None], y[None])
+
   grads = jax.vmap(example_grad)(inputs, labels)
   return jax.tree.map(lambda g: jnp.sum(jnp.square(g), axis=0), grads)
 
@@ -71,14 +72,16 @@ def fisher_merge(tasks: common.DigitTasks, seed: int, num_steps: int) -> dict:
   models, fishers = [], []
   for task, data in enumerate(tasks.task_data):
     inputs, labels = jnp.asarray(data.inputs), jnp.asarray(data.labels)
-    model = adamw_steps(jax.random.key(seed + 100 + task), tasks.base, inputs, labels,
-                        num_steps=num_steps)
+    model = adamw_steps(
+      jax.random.key(seed + 100 + task), tasks.base, inputs, labels, num_steps=num_steps
+    )
     models.append(model)
     fishers.append(squared_gradient_fisher(model, inputs, labels))
   return {
-      "AdamW: average": ivon_optax.task_arithmetic(tasks.base, models, task_scales=0.5),
-      "AdamW: Fisher-weighted average": ivon_optax.merge_with_precisions(
-          tasks.base, models, fishers),
+    "AdamW: average": ivon_optax.merging.task_arithmetic(tasks.base, models, task_scales=0.5),
+    "AdamW: Fisher-weighted average": ivon_optax.merging.merge_with_precisions(
+      tasks.base, models, fishers
+    ),
   }
 
 
@@ -94,8 +97,10 @@ def markdown_table(results: list[common.MergeResult]) -> str:
 
   lines = ["| model | test NLL | test accuracy |", "|---|---|---|"]
   for name in names:
-    lines.append(f"| {name} | {cell([r.test_nll[name] for r in results], 4)} | "
-                 f"{cell([r.test_accuracy[name] for r in results], 3)} |")
+    lines.append(
+      f"| {name} | {cell([r.test_nll[name] for r in results], 4)} | "
+      f"{cell([r.test_accuracy[name] for r in results], 3)} |"
+    )
   return "\n".join(lines)
 
 
@@ -103,13 +108,16 @@ def main(argv=None) -> dict:
   args = parse_args(argv)
   results = []
   for seed in args.seeds:
-    tasks = common.finetune_digit_tasks(seed=seed, base_steps=args.base_steps,
-                                        task_steps=args.task_steps)
+    tasks = common.finetune_digit_tasks(
+      seed=seed, base_steps=args.base_steps, task_steps=args.task_steps
+    )
     extra = fisher_merge(tasks, seed, args.task_steps)
     results.append(common.compare_merges(tasks, args.scales, extra))
   table = markdown_table(results)
-  header = (f"Union of both tasks' test digits (600 digits, all ten classes); IVON models; "
-            f"seeds {args.seeds}" + (" (mean ± std)" if len(results) > 1 else "") + ".")
+  header = (
+    f"Union of both tasks' test digits (600 digits, all ten classes); IVON models; "
+    f"seeds {args.seeds}" + (" (mean ± std)" if len(results) > 1 else "") + "."
+  )
   with open(args.out, "w") as file:
     file.write(header + "\n\n" + table + "\n")
   print(header + "\n\n" + table)

@@ -34,8 +34,8 @@ def out_of_distribution_sets(x_test: np.ndarray, seed: int = 0) -> dict:
   rng = np.random.default_rng(seed)
   shuffled = np.stack([row[rng.permutation(row.size)] for row in x_test])
   return {
-      "uniform noise": rng.uniform(0.0, 1.0, x_test.shape).astype(np.float32),
-      "shuffled pixels": shuffled.astype(np.float32),
+    "uniform noise": rng.uniform(0.0, 1.0, x_test.shape).astype(np.float32),
+    "shuffled pixels": shuffled.astype(np.float32),
   }
 
 
@@ -61,32 +61,49 @@ def main(argv=None) -> dict:
   for name in ("sgd", "adamw", "ivon"):
     config = configs[name]
     state = common.train(
-        model, config, data.x_train, data.y_train, epochs=args.epochs,
-        batch_size=args.batch_size, seed=args.seed, progress=not args.no_progress).state
+      model,
+      config,
+      data.x_train,
+      data.y_train,
+      epochs=args.epochs,
+      batch_size=args.batch_size,
+      seed=args.seed,
+      progress=not args.no_progress,
+    ).state
     label = {"sgd": "SGD", "adamw": "AdamW", "ivon": "IVON (mean)"}[name]
     entropies[label] = {
-        set_name: ivon_optax.predictive_entropy(
-            jax.nn.log_softmax(common.predict_at_mean(state, x)))
-        for set_name, x in inputs.items()}
+      set_name: ivon_optax.metrics.predictive_entropy(
+        jax.nn.log_softmax(common.predict_at_mean(state, x))
+      )
+      for set_name, x in inputs.items()
+    }
     if name == "ivon":
       key = jax.random.key(args.seed)
       entropies[f"IVON (Bayes, {args.samples} samples)"] = {
-          set_name: ivon_optax.predictive_entropy(ivon_optax.predictive_log_probs(
-              common.predict_samples(state, key, x, args.samples)))
-          for set_name, x in inputs.items()}
+        set_name: ivon_optax.metrics.predictive_entropy(
+          ivon_optax.predict.predictive_log_probs(
+            common.predict_samples(state, key, x, args.samples)
+          )
+        )
+        for set_name, x in inputs.items()
+      }
 
   ood_names = [name for name in inputs if name != "digits (test)"]
   results = {}
-  print("AUROC of the predictive entropy, test digits vs. out-of-distribution inputs "
-        "(mean entropy in nats in brackets):\n")
+  print(
+    "AUROC of the predictive entropy, test digits vs. out-of-distribution inputs "
+    "(mean entropy in nats in brackets):\n"
+  )
   print("| method | " + " | ".join(ood_names) + " | digits (test) entropy |")
   print("|---" * (len(ood_names) + 2) + "|")
   for method, by_set in entropies.items():
     in_scores = by_set["digits (test)"]
     results[method] = {
-        name: float(ivon_optax.ood_auroc(in_scores, by_set[name])) for name in ood_names}
-    cells = [f"{results[method][name]:.3f} ({float(by_set[name].mean()):.2f})"
-             for name in ood_names]
+      name: float(ivon_optax.metrics.ood_auroc(in_scores, by_set[name])) for name in ood_names
+    }
+    cells = [
+      f"{results[method][name]:.3f} ({float(by_set[name].mean()):.2f})" for name in ood_names
+    ]
     print(f"| {method} | " + " | ".join(cells) + f" | {float(in_scores.mean()):.2f} |")
   return results
 

@@ -55,7 +55,7 @@ def make_data(num_points: int = 1000, seed: int = 0) -> tuple[np.ndarray, np.nda
 
 
 def tanh_and_relu(features: jax.Array) -> jax.Array:
-  """tanh on the first half of the features, ReLU on the second half."""
+  """Tanh on the first half of the features, ReLU on the second half."""
   half = features.shape[-1] // 2
   return jnp.concatenate([jnp.tanh(features[..., :half]), nn.relu(features[..., half:])], -1)
 
@@ -93,16 +93,17 @@ def region_masks(x: np.ndarray) -> dict:
   for low, high in DATA_INTERVALS:
     on_data |= (x >= low) & (x <= high)
   return {
-      "data": on_data,
-      "gap": (x >= GAP[0]) & (x <= GAP[1]),
-      "outside": (np.abs(x) >= OUTSIDE[0]) & (np.abs(x) <= OUTSIDE[1]),
+    "data": on_data,
+    "gap": (x >= GAP[0]) & (x <= GAP[1]),
+    "outside": (np.abs(x) >= OUTSIDE[0]) & (np.abs(x) <= OUTSIDE[1]),
   }
 
 
 # beta2 = 0.999: h must adapt within the run's few thousand steps (the
 # default 0.99999 would keep it near h0); the paper's UCI runs use 0.999 too.
 IVON_CONFIG = common.OptimizerConfig(
-    "ivon", learning_rate=0.1, weight_decay=1e-3, hess_init=0.3, beta2=0.999)
+  "ivon", learning_rate=0.1, weight_decay=1e-3, hess_init=0.3, beta2=0.999
+)
 ADAMW_CONFIG = common.OptimizerConfig("adamw", learning_rate=3e-3, weight_decay=1e-4)
 
 
@@ -113,8 +114,12 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument("--batch-size", type=int, default=32)
   parser.add_argument("--hidden", type=int, nargs="+", default=[64, 64])
   parser.add_argument("--samples", type=int, default=64)
-  parser.add_argument("--beta2", type=float, default=IVON_CONFIG.beta2,
-                      help="IVON's Hessian decay; lower it for short runs so that h adapts")
+  parser.add_argument(
+    "--beta2",
+    type=float,
+    default=IVON_CONFIG.beta2,
+    help="IVON's Hessian decay; lower it for short runs so that h adapts",
+  )
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--out", default="outputs")
   parser.add_argument("--no-progress", action="store_true")
@@ -126,24 +131,34 @@ def main(argv=None) -> dict:
   x_train, y_train = make_data(args.num_points, seed=args.seed)
   model = MeanAndNoiseMLP(tuple(args.hidden))
   fits = {
-      config.name: common.train(
-          model, config, x_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
-          seed=args.seed, loss_fn=gaussian_nll, progress=not args.no_progress).state
-      for config in (dataclasses.replace(IVON_CONFIG, beta2=args.beta2), ADAMW_CONFIG)
+    config.name: common.train(
+      model,
+      config,
+      x_train,
+      y_train,
+      epochs=args.epochs,
+      batch_size=args.batch_size,
+      seed=args.seed,
+      loss_fn=gaussian_nll,
+      progress=not args.no_progress,
+    ).state
+    for config in (dataclasses.replace(IVON_CONFIG, beta2=args.beta2), ADAMW_CONFIG)
   }
 
   x_grid = np.linspace(-4.0, 4.0, 401, dtype=np.float32)
   outputs = common.predict_samples(
-      fits["ivon"], jax.random.key(args.seed), x_grid[:, None], args.samples)
-  moments = ivon_optax.predictive_moments(outputs[..., 0], outputs[..., 1])
+    fits["ivon"], jax.random.key(args.seed), x_grid[:, None], args.samples
+  )
+  moments = ivon_optax.predict.predictive_moments(outputs[..., 0], outputs[..., 1])
   std = np.sqrt(np.asarray(moments.variance))
   epistemic_std = np.sqrt(np.asarray(moments.epistemic))
   deterministic = np.asarray(common.predict_at_mean(fits["adamw"], x_grid[:, None])[..., 0])
 
   masks = region_masks(x_grid)
   summary = {
-      region: {"std": float(std[mask].mean()), "epistemic_std": float(epistemic_std[mask].mean())}
-      for region, mask in masks.items()}
+    region: {"std": float(std[mask].mean()), "epistemic_std": float(epistemic_std[mask].mean())}
+    for region, mask in masks.items()
+  }
   summary["noise_std"] = float(np.sqrt(np.asarray(moments.aleatoric)).mean())
   print(f"learned noise std {summary['noise_std']:.3f} (true {NOISE_STD})")
   print("| region | predictive std | epistemic std |\n|---|---|---|")
@@ -162,8 +177,14 @@ def plot(x_train, y_train, x_grid, mean, std, deterministic, path) -> None:
   import matplotlib.pyplot as plt
 
   fig, ax = plt.subplots(figsize=(7, 3.8))
-  ax.fill_between(x_grid, mean - 2 * std, mean + 2 * std, color="tab:blue", alpha=0.25,
-                  label="IVON ±2 std (Bayes)")
+  ax.fill_between(
+    x_grid,
+    mean - 2 * std,
+    mean + 2 * std,
+    color="tab:blue",
+    alpha=0.25,
+    label="IVON ±2 std (Bayes)",
+  )
   ax.plot(x_grid, mean, color="tab:blue", label="IVON predictive mean")
   ax.plot(x_grid, deterministic, color="tab:red", linestyle="--", label="AdamW fit")
   ax.plot(x_grid, true_function(x_grid), color="0.3", linewidth=0.8, label="true function")

@@ -30,14 +30,30 @@ import ivon_optax
 # label: (optimizer, grid). IVON with 4 Monte-Carlo samples per step costs 4
 # gradient evaluations per step and is tuned and reported separately.
 GRIDS = {
-    "sgd": ("sgd", {"learning_rate": [0.1, 0.3, 1.0], "weight_decay": [1e-4, 5e-4, 1e-3, 5e-3]}),
-    "adamw": ("adamw", {"learning_rate": [3e-3, 1e-2, 3e-2, 1e-1],
-                        "weight_decay": [1e-2, 1e-1, 0.5, 2.0]}),
-    "ivon": ("ivon", {"learning_rate": [1.0, 2.0, 4.0, 8.0], "hess_init": [0.1, 0.3, 1.0],
-                      "beta2": [0.999, 0.99999], "weight_decay": [1e-4, 1e-3, 3e-3]}),
-    "ivon-4mc": ("ivon", {"learning_rate": [2.0, 4.0, 8.0], "hess_init": [0.1, 0.3, 1.0],
-                          "beta2": [0.999, 0.99999], "weight_decay": [1e-3],
-                          "train_samples": [4]}),
+  "sgd": ("sgd", {"learning_rate": [0.1, 0.3, 1.0], "weight_decay": [1e-4, 5e-4, 1e-3, 5e-3]}),
+  "adamw": (
+    "adamw",
+    {"learning_rate": [3e-3, 1e-2, 3e-2, 1e-1], "weight_decay": [1e-2, 1e-1, 0.5, 2.0]},
+  ),
+  "ivon": (
+    "ivon",
+    {
+      "learning_rate": [1.0, 2.0, 4.0, 8.0],
+      "hess_init": [0.1, 0.3, 1.0],
+      "beta2": [0.999, 0.99999],
+      "weight_decay": [1e-4, 1e-3, 3e-3],
+    },
+  ),
+  "ivon-4mc": (
+    "ivon",
+    {
+      "learning_rate": [2.0, 4.0, 8.0],
+      "hess_init": [0.1, 0.3, 1.0],
+      "beta2": [0.999, 0.99999],
+      "weight_decay": [1e-3],
+      "train_samples": [4],
+    },
+  ),
 }
 
 
@@ -49,11 +65,18 @@ def configs(name: str, grid: dict):
 
 def evaluate(model, config, data, args, seed) -> dict:
   result = common.train(
-      model, config, data.x_train, data.y_train, epochs=args.epochs,
-      batch_size=args.batch_size, seed=seed, progress=False)
+    model,
+    config,
+    data.x_train,
+    data.y_train,
+    epochs=args.epochs,
+    batch_size=args.batch_size,
+    seed=seed,
+    progress=False,
+  )
   if config.name == "ivon":
     logits = common.predict_samples(result.state, jax.random.key(seed), data.x_test, args.samples)
-    log_probs = ivon_optax.predictive_log_probs(logits)
+    log_probs = ivon_optax.predict.predictive_log_probs(logits)
   else:
     log_probs = jax.nn.log_softmax(common.predict_at_mean(result.state, data.x_test))
   return common.classification_metrics(log_probs, data.y_test)
@@ -67,8 +90,9 @@ def main(argv=None) -> dict:
   parser.add_argument("--hidden", type=int, nargs="+", default=[256, 256])
   parser.add_argument("--seeds", type=int, nargs="+", default=[0])
   parser.add_argument("--samples", type=int, default=64)
-  parser.add_argument("--grids", nargs="+", choices=list(GRIDS), default=list(GRIDS),
-                      help="which of the grids to run")
+  parser.add_argument(
+    "--grids", nargs="+", choices=list(GRIDS), default=list(GRIDS), help="which of the grids to run"
+  )
   parser.add_argument("--out", default="outputs")
   args = parser.parse_args(argv)
 
@@ -83,18 +107,26 @@ def main(argv=None) -> dict:
       runs = [evaluate(model, config, data, args, seed) for seed in args.seeds]
       scores = {metric: float(np.mean([run[metric] for run in runs])) for metric in runs[0]}
       rows.append({"optimizer": label, "config": common.describe(config), **scores})
-      print(f"{label:>8} | {common.describe(config):<64} | acc {scores['accuracy']:.3f} "
-            f"nll {scores['nll']:.3f} ece {scores['ece']:.3f} "
-            f"({time.perf_counter() - start:.0f} s)", flush=True)
+      print(
+        f"{label:>8} | {common.describe(config):<64} | acc {scores['accuracy']:.3f} "
+        f"nll {scores['nll']:.3f} ece {scores['ece']:.3f} "
+        f"({time.perf_counter() - start:.0f} s)",
+        flush=True,
+      )
       rank = (-scores["nll"], scores["accuracy"])
       if label not in best or rank > best[label][0]:
         best[label] = (rank, rows[-1])
 
-  lines = ["| optimizer | hyperparameters | val. accuracy | val. NLL | val. ECE |", "|---" * 5 + "|"]
+  lines = [
+    "| optimizer | hyperparameters | val. accuracy | val. NLL | val. ECE |",
+    "|---" * 5 + "|",
+  ]
   for row in rows:
     chosen = " **(chosen)**" if best[row["optimizer"]][1] is row else ""
-    lines.append(f"| {row['optimizer']} | {row['config']}{chosen} | {row['accuracy']:.3f} | "
-                 f"{row['nll']:.3f} | {row['ece']:.3f} |")
+    lines.append(
+      f"| {row['optimizer']} | {row['config']}{chosen} | {row['accuracy']:.3f} | "
+      f"{row['nll']:.3f} | {row['ece']:.3f} |"
+    )
   table = "\n".join(lines)
   print("\n" + table)
   os.makedirs(args.out, exist_ok=True)

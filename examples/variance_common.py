@@ -32,7 +32,7 @@ class Split(NamedTuple):
 
 
 def load_digits_splits(
-    sizes: Sequence[int], *, seed: int = 0, classes: Sequence[int] | None = None
+  sizes: Sequence[int], *, seed: int = 0, classes: Sequence[int] | None = None
 ) -> list[Split]:
   """Disjoint random splits of the digits with the given sizes.
 
@@ -70,8 +70,8 @@ def init_mlp(key: jax.Array, sizes: Sequence[int]) -> list[dict]:
   """LeCun-normal weights and zero biases for layer widths ``sizes`` (inputs first)."""
   keys = jax.random.split(key, len(sizes) - 1)
   return [
-      {"w": jax.random.normal(k, (fan_in, fan_out)) / np.sqrt(fan_in), "b": jnp.zeros(fan_out)}
-      for k, fan_in, fan_out in zip(keys, sizes[:-1], sizes[1:])
+    {"w": jax.random.normal(k, (fan_in, fan_out)) / np.sqrt(fan_in), "b": jnp.zeros(fan_out)}
+    for k, fan_in, fan_out in zip(keys, sizes[:-1], sizes[1:])
   ]
 
 
@@ -115,8 +115,7 @@ def ivon_steps(key, tx, params, opt_state, inputs, labels, *, num_steps: int, ba
     updates, opt_state = tx.update(grads, opt_state, params, noise=noise)
     return (optax.apply_updates(params, updates), opt_state), None
 
-  (params, opt_state), _ = jax.lax.scan(
-      step, (params, opt_state), jax.random.split(key, num_steps))
+  (params, opt_state), _ = jax.lax.scan(step, (params, opt_state), jax.random.split(key, num_steps))
   return params, opt_state
 
 
@@ -129,8 +128,15 @@ def train_ivon(key, tx, params, split: Split, *, num_steps: int, batch_size: int
   opt_state = tx.init(params) if opt_state is None else opt_state
   batch_size = min(batch_size, len(split.labels))
   return ivon_steps(
-      key, tx, params, opt_state, jnp.asarray(split.inputs), jnp.asarray(split.labels),
-      num_steps=num_steps, batch_size=batch_size)
+    key,
+    tx,
+    params,
+    opt_state,
+    jnp.asarray(split.inputs),
+    jnp.asarray(split.labels),
+    num_steps=num_steps,
+    batch_size=batch_size,
+  )
 
 
 class EpochLog(NamedTuple):
@@ -143,8 +149,17 @@ class EpochLog(NamedTuple):
   test_error: np.ndarray
 
 
-def train_with_loo(key, tx, params, train: Split, test: Split, *, num_epochs: int,
-                   steps_per_epoch: int, batch_size: int):
+def train_with_loo(
+  key,
+  tx,
+  params,
+  train: Split,
+  test: Split,
+  *,
+  num_epochs: int,
+  steps_per_epoch: int,
+  batch_size: int,
+):
   """Trains with IVON and, after every epoch, records the leave-one-out estimate and test NLL.
 
   Returns:
@@ -155,12 +170,26 @@ def train_with_loo(key, tx, params, train: Split, test: Split, *, num_epochs: in
   rows = []
   for epoch in range(num_epochs):
     params, opt_state = train_ivon(
-        jax.random.fold_in(key, epoch), tx, params, train, num_steps=steps_per_epoch,
-        batch_size=batch_size, opt_state=opt_state)
-    estimate = ivon_optax.leave_one_out(mlp_apply, opt_state, params, train_inputs, train_labels)
-    rows.append((estimate.nll, estimate.error, estimate.train_nll,
-                 mean_nll(params, test.inputs, test.labels),
-                 1.0 - accuracy(params, test.inputs, test.labels)))
+      jax.random.fold_in(key, epoch),
+      tx,
+      params,
+      train,
+      num_steps=steps_per_epoch,
+      batch_size=batch_size,
+      opt_state=opt_state,
+    )
+    estimate = ivon_optax.sensitivity.leave_one_out(
+      mlp_apply, opt_state, params, train_inputs, train_labels
+    )
+    rows.append(
+      (
+        estimate.nll,
+        estimate.error,
+        estimate.train_nll,
+        mean_nll(params, test.inputs, test.labels),
+        1.0 - accuracy(params, test.inputs, test.labels),
+      )
+    )
   columns = np.asarray(jax.device_get(rows), dtype=np.float64).T
   return params, opt_state, EpochLog(*columns)
 
@@ -179,17 +208,26 @@ class DigitTasks(NamedTuple):
 
 
 @functools.cache
-def cached_ivon(learning_rate: float, ess: float, hess_init: float, beta2: float,
-                weight_decay: float):
+def cached_ivon(
+  learning_rate: float, ess: float, hess_init: float, beta2: float, weight_decay: float
+):
   """One :func:`ivon_optax.ivon` object per hyperparameter setting, so jitted loops reuse it."""
-  return ivon_optax.ivon(learning_rate, ess=ess, hess_init=hess_init, beta2=beta2,
-                         weight_decay=weight_decay)
+  return ivon_optax.ivon(
+    learning_rate, ess=ess, hess_init=hess_init, beta2=beta2, weight_decay=weight_decay
+  )
 
 
-def finetune_digit_tasks(*, seed: int = 0, base_size: int = 100, task_size: int = 350,
-                         test_size: int = 600, base_steps: int = 1000,
-                         task_steps: int = 1000, task_hess_init: float = 0.01,
-                         task_learning_rate: float = 0.05) -> DigitTasks:
+def finetune_digit_tasks(
+  *,
+  seed: int = 0,
+  base_size: int = 100,
+  task_size: int = 350,
+  test_size: int = 600,
+  base_steps: int = 1000,
+  task_steps: int = 1000,
+  task_hess_init: float = 0.01,
+  task_learning_rate: float = 0.05,
+) -> DigitTasks:
   """Trains a base on ``base_size`` digits of all classes, then fine-tunes it on each task.
 
   Each task gets ``task_size`` training digits of its classes, disjoint from
@@ -200,7 +238,8 @@ def finetune_digit_tasks(*, seed: int = 0, base_size: int = 100, task_size: int 
   ``hess_init``.
   """
   base_pool, task_pool, test = load_digits_splits(
-      [base_size, len(TASK_CLASSES) * task_size + 200, test_size], seed=seed)
+    [base_size, len(TASK_CLASSES) * task_size + 200, test_size], seed=seed
+  )
   task_data = []
   for classes in TASK_CLASSES:
     data = select_classes(task_pool, classes)
@@ -209,13 +248,16 @@ def finetune_digit_tasks(*, seed: int = 0, base_size: int = 100, task_size: int 
     task_data.append(Split(data.inputs[:task_size], data.labels[:task_size]))
   params = init_mlp(jax.random.key(seed), [64, 32, NUM_CLASSES])
   base_tx = cached_ivon(0.2, float(base_size), 0.1, 0.999, 1e-3)
-  base, base_state = train_ivon(jax.random.key(seed + 1), base_tx, params, base_pool,
-                                num_steps=base_steps, batch_size=32)
+  base, base_state = train_ivon(
+    jax.random.key(seed + 1), base_tx, params, base_pool, num_steps=base_steps, batch_size=32
+  )
   task_tx = cached_ivon(task_learning_rate, float(task_size), task_hess_init, 0.999, 1e-3)
   finetuned = [
-      train_ivon(jax.random.key(seed + 10 + task), task_tx, base, data, num_steps=task_steps,
-                 batch_size=32)
-      for task, data in enumerate(task_data)]
+    train_ivon(
+      jax.random.key(seed + 10 + task), task_tx, base, data, num_steps=task_steps, batch_size=32
+    )
+    for task, data in enumerate(task_data)
+  ]
   return DigitTasks(base, base_state, finetuned, task_data, test)
 
 
@@ -226,8 +268,9 @@ class MergeResult(NamedTuple):
   test_accuracy: dict
 
 
-def compare_merges(tasks: DigitTasks, scales: Sequence[float] = (1.0,), extra: dict | None = None
-                   ) -> MergeResult:
+def compare_merges(
+  tasks: DigitTasks, scales: Sequence[float] = (1.0,), extra: dict | None = None
+) -> MergeResult:
   """Evaluates the base, each task model, the plain average, and per scale alpha task
   arithmetic and the uncertainty-based merge (with the base's IVON precision as H_0).
   Task arithmetic at alpha = 1/T is the plain average, listed under both names.
@@ -237,20 +280,26 @@ def compare_merges(tasks: DigitTasks, scales: Sequence[float] = (1.0,), extra: d
   models = [params for params, _ in tasks.finetuned]
   candidates = {"base": tasks.base}
   candidates.update({f"task {t} only": model for t, model in enumerate(models)})
-  candidates["average"] = ivon_optax.task_arithmetic(tasks.base, models,
-                                                     task_scales=1.0 / len(models))
+  candidates["average"] = ivon_optax.merging.task_arithmetic(
+    tasks.base, models, task_scales=1.0 / len(models)
+  )
   for alpha in scales:
     name = f"task arithmetic (alpha={alpha:g})"
     # with alpha = 1/T, task arithmetic is the average itself
-    candidates[name] = candidates["average"] if np.isclose(alpha * len(models), 1.0) else (
-        ivon_optax.task_arithmetic(tasks.base, models, task_scales=alpha))
-    candidates[f"uncertainty (alpha={alpha:g})"] = ivon_optax.merge_models(
-        tasks.base, tasks.finetuned, task_scales=alpha, base_state=tasks.base_state)
+    candidates[name] = (
+      candidates["average"]
+      if np.isclose(alpha * len(models), 1.0)
+      else (ivon_optax.merging.task_arithmetic(tasks.base, models, task_scales=alpha))
+    )
+    candidates[f"uncertainty (alpha={alpha:g})"] = ivon_optax.merging.merge_models(
+      tasks.base, tasks.finetuned, task_scales=alpha, base_state=tasks.base_state
+    )
   candidates.update(extra or {})
   inputs, labels = jnp.asarray(tasks.test.inputs), jnp.asarray(tasks.test.labels)
   return MergeResult(
-      {name: float(mean_nll(params, inputs, labels)) for name, params in candidates.items()},
-      {name: float(accuracy(params, inputs, labels)) for name, params in candidates.items()})
+    {name: float(mean_nll(params, inputs, labels)) for name, params in candidates.items()},
+    {name: float(accuracy(params, inputs, labels)) for name, params in candidates.items()},
+  )
 
 
 def merge_digit_tasks(*, scales: Sequence[float] = (1.0,), **kwargs) -> MergeResult:

@@ -13,10 +13,14 @@ import ivon_optax
 def make_params(dtype=jnp.float32):
   keys = jax.random.split(jax.random.key(42), 2)
   return {
-      "dense": {"kernel": jax.random.normal(keys[0], (4, 8), dtype) * 0.5,
-                "bias": jnp.zeros((8,), dtype)},
-      "out": {"kernel": jax.random.normal(keys[1], (8, 1), dtype) * 0.5,
-              "bias": jnp.zeros((1,), dtype)},
+    "dense": {
+      "kernel": jax.random.normal(keys[0], (4, 8), dtype) * 0.5,
+      "bias": jnp.zeros((8,), dtype),
+    },
+    "out": {
+      "kernel": jax.random.normal(keys[1], (8, 1), dtype) * 0.5,
+      "bias": jnp.zeros((1,), dtype),
+    },
   }
 
 

@@ -24,14 +24,14 @@ def make_params(seed: int = SEED) -> dict:
   """A two-layer MLP's params; widths divisible by 8 so that every leaf can be sharded."""
   key_1, key_2 = jax.random.split(jax.random.key(seed))
   return {
-      "dense_1": {
-          "kernel": jax.random.normal(key_1, (NUM_FEATURES, NUM_HIDDEN)) / NUM_FEATURES**0.5,
-          "bias": jnp.zeros(NUM_HIDDEN),
-      },
-      "dense_2": {
-          "kernel": jax.random.normal(key_2, (NUM_HIDDEN, NUM_CLASSES)) / NUM_HIDDEN**0.5,
-          "bias": jnp.zeros(NUM_CLASSES),
-      },
+    "dense_1": {
+      "kernel": jax.random.normal(key_1, (NUM_FEATURES, NUM_HIDDEN)) / NUM_FEATURES**0.5,
+      "bias": jnp.zeros(NUM_HIDDEN),
+    },
+    "dense_2": {
+      "kernel": jax.random.normal(key_2, (NUM_HIDDEN, NUM_CLASSES)) / NUM_HIDDEN**0.5,
+      "bias": jnp.zeros(NUM_CLASSES),
+    },
   }
 
 
@@ -54,8 +54,8 @@ def loss_fn(params, inputs, labels):
 
 def make_tx(axis_name=None, hess_approx="price"):
   return ivon_optax.ivon(
-      learning_rate=0.2, ess=1000.0, hess_init=0.5, hess_approx=hess_approx,
-      axis_name=axis_name)
+    learning_rate=0.2, ess=1000.0, hess_init=0.5, hess_approx=hess_approx, axis_name=axis_name
+  )
 
 
 def step_key(step, seed: int = SEED):
@@ -90,10 +90,14 @@ def sync_step(tx, mesh, axis_name: str = "data"):
     updates, state = tx.update(grads, state, params, noise=noise)
     return optax.apply_updates(params, updates), state
 
-  return jax.jit(jax.shard_map(
-      per_device, mesh=mesh,
+  return jax.jit(
+    jax.shard_map(
+      per_device,
+      mesh=mesh,
       in_specs=(P(), P(), P(), P(axis_name), P(axis_name)),
-      out_specs=(P(), P())))
+      out_specs=(P(), P()),
+    )
+  )
 
 
 def reference_sync_step(tx, num_devices: int, hess_approx: str = "price"):

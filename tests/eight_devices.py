@@ -24,14 +24,17 @@ from jax.sharding import PartitionSpec as P
 import ivon_optax
 
 NUM_DEVICES = 8
-COLLECTIVES = re.compile(r"\b(all-gather|all-reduce|reduce-scatter|all-to-all|collective-permute)\b")
+COLLECTIVES = re.compile(
+  r"\b(all-gather|all-reduce|reduce-scatter|all-to-all|collective-permute)\b"
+)
 
 if jax.device_count() != NUM_DEVICES:
   # Also reached when pytest imports every module for doctests.
   pytest.skip(
-      f"needs {NUM_DEVICES} devices, found {jax.device_count()}: "
-      "tests/test_distributed.py::test_eight_device_suite runs it with 8.",
-      allow_module_level=True)
+    f"needs {NUM_DEVICES} devices, found {jax.device_count()}: "
+    "tests/test_distributed.py::test_eight_device_suite runs it with 8.",
+    allow_module_level=True,
+  )
 
 
 # Compiling is most of this file's run time: the tests share jitted functions.
@@ -58,9 +61,9 @@ def fsdp_spec(param):
 
 
 LAYOUTS = {
-    # name: (mesh shape, mesh axes, param spec, batch spec)
-    "replicated": ((8,), ("data",), lambda p: P(), P("data")),
-    "fsdp": ((2, 4), ("data", "fsdp"), fsdp_spec, P(("data", "fsdp"))),
+  # name: (mesh shape, mesh axes, param spec, batch spec)
+  "replicated": ((8,), ("data",), lambda p: P(), P("data")),
+  "fsdp": ((2, 4), ("data", "fsdp"), fsdp_spec, P(("data", "fsdp"))),
 }
 
 
@@ -70,8 +73,11 @@ def placed(layout):
   mesh = auto_mesh(shape, names)
   params = dp.make_params()
   params = jax.device_put(
-      params, jax.tree.map(lambda p: NamedSharding(mesh, param_spec(p)), params))
-  state_sharding = ivon_optax.state_sharding(jax.eval_shape(SINGLE_TX.init, params), params)
+    params, jax.tree.map(lambda p: NamedSharding(mesh, param_spec(p)), params)
+  )
+  state_sharding = ivon_optax.sharding.state_sharding(
+    jax.eval_shape(SINGLE_TX.init, params), params
+  )
   state = jax.jit(SINGLE_TX.init, out_shardings=state_sharding)(params)
   return mesh, params, state, state_sharding
 
@@ -83,6 +89,7 @@ def shardings_of(tree):
 def assert_same_shardings(tree, expected):
   def check(x, sharding):
     assert x.sharding.is_equivalent_to(sharding, x.ndim), (x.sharding, sharding)
+
   jax.tree.map(check, tree, expected)
 
 
@@ -102,16 +109,18 @@ def test_mesh_steps_equal_one_device_steps_and_keep_shardings(layout):
   for index in range(3):
     inputs, labels = dp.make_batch(index)
     params, state = ONE_SAMPLE_STEP(
-        params, state, np.int32(index), *jax.device_put((inputs, labels), batch_sharding))
+      params, state, np.int32(index), *jax.device_put((inputs, labels), batch_sharding)
+    )
     host_params, host_state = ONE_SAMPLE_STEP(
-        host_params, host_state, np.int32(index), inputs, labels)
+      host_params, host_state, np.int32(index), inputs, labels
+    )
     # The weight sample is bitwise the same whatever the layout (threefry is
     # partitionable); only the order of the batch-mean reduction differs.
     chex.assert_trees_all_close((params, state), (host_params, host_state), rtol=1e-5, atol=1e-7)
     assert_same_shardings(state, state_sharding)
     assert_same_shardings(params, param_sharding)
   assert int(ivon_optax.find_ivon_state(state).count) == 3
-  ivon_optax.check_state_sharding(state, params)
+  ivon_optax.sharding.check_state_sharding(state, params)
 
 
 def test_fsdp_optimizer_work_is_local_and_noise_follows_params():
@@ -143,9 +152,10 @@ def test_init_and_sampling_keep_param_layout_with_explicit_axes():
   with jax.set_mesh(mesh):
     params = dp.make_params()
     params = jax.device_put(
-        params, jax.tree.map(lambda p: NamedSharding(mesh, fsdp_spec(p)), params))
+      params, jax.tree.map(lambda p: NamedSharding(mesh, fsdp_spec(p)), params)
+    )
     for state in (SINGLE_TX.init(params), jax.jit(SINGLE_TX.init)(params)):
-      ivon_optax.check_state_sharding(state, params)
+      ivon_optax.sharding.check_state_sharding(state, params)
     traced_specs = {}
 
     @jax.jit
@@ -162,23 +172,25 @@ def test_init_and_sampling_keep_param_layout_with_explicit_axes():
 def test_eager_init_lays_state_out_like_params():
   _, params, _, state_sharding = placed("fsdp")
   state = SINGLE_TX.init(params)
-  ivon_optax.check_state_sharding(state, params)
+  ivon_optax.sharding.check_state_sharding(state, params)
   assert_same_shardings(ivon_optax.find_ivon_state(state).hess, shardings_of(params))
   assert_same_shardings(
-      ivon_optax.find_ivon_state(state).momentum,
-      ivon_optax.find_ivon_state(state_sharding).momentum)
+    ivon_optax.find_ivon_state(state).momentum, ivon_optax.find_ivon_state(state_sharding).momentum
+  )
 
 
 def test_state_sharding_through_wrappers():
   """inject_hyperparams and MultiSteps: param-like buffers follow params, the rest is replicated."""
   _, params, _, _ = placed("fsdp")
   tx = optax.MultiSteps(
-      optax.inject_hyperparams(ivon_optax.ivon, hyperparam_dtype=jnp.float32)(
-          learning_rate=0.1, ess=100.0),
-      every_k_schedule=2)
-  sharding = ivon_optax.state_sharding(jax.eval_shape(tx.init, params), params)
+    optax.inject_hyperparams(ivon_optax.ivon, hyperparam_dtype=jnp.float32)(
+      learning_rate=0.1, ess=100.0
+    ),
+    every_k_schedule=2,
+  )
+  sharding = ivon_optax.sharding.state_sharding(jax.eval_shape(tx.init, params), params)
   state = jax.jit(tx.init, out_shardings=sharding)(params)
-  ivon_optax.check_state_sharding(state, params)
+  ivon_optax.sharding.check_state_sharding(state, params)
   assert state.acc_grads["dense_1"]["kernel"].sharding.spec == P(None, "fsdp")
   ivon_state = ivon_optax.find_ivon_state(state)
   assert ivon_state.hess["dense_2"]["bias"].sharding.spec == P("fsdp")
@@ -199,13 +211,16 @@ def test_sync_step_equals_one_device_step_with_eight_samples(hess_approx):
   for index in range(3):
     inputs, labels = dp.make_batch(index)
     placed_params, placed_state = step(
-        placed_params, placed_state, np.int32(index), *data_sharded(mesh, inputs, labels))
+      placed_params, placed_state, np.int32(index), *data_sharded(mesh, inputs, labels)
+    )
     params, state = reference(params, state, np.int32(index), inputs, labels)
     chex.assert_trees_all_close(
-        (placed_params, placed_state), (params, state), rtol=1e-5, atol=1e-7)
+      (placed_params, placed_state), (params, state), rtol=1e-5, atol=1e-7
+    )
   assert all(
-      x.sharding.is_fully_replicated and len(x.sharding.device_set) == NUM_DEVICES
-      for x in jax.tree.leaves((placed_params, placed_state)))
+    x.sharding.is_fully_replicated and len(x.sharding.device_set) == NUM_DEVICES
+    for x in jax.tree.leaves((placed_params, placed_state))
+  )
 
 
 def test_sync_step_differs_from_a_shared_sample():
@@ -216,11 +231,14 @@ def test_sync_step_differs_from_a_shared_sample():
   state = tx.init(params)
   inputs, labels = dp.make_batch(0)
   _, synced_state = step(
-      *dp.replicated((params, state), mesh), np.int32(0), *data_sharded(mesh, inputs, labels))
+    *dp.replicated((params, state), mesh), np.int32(0), *data_sharded(mesh, inputs, labels)
+  )
   _, shared_state = ONE_SAMPLE_STEP(params, state, np.int32(0), inputs, labels)
   hess_gaps = jax.tree.map(
-      lambda a, b: float(jnp.max(jnp.abs(a - b))),
-      ivon_optax.find_ivon_state(synced_state).hess, ivon_optax.find_ivon_state(shared_state).hess)
+    lambda a, b: float(jnp.max(jnp.abs(a - b))),
+    ivon_optax.find_ivon_state(synced_state).hess,
+    ivon_optax.find_ivon_state(shared_state).hess,
+  )
   assert min(jax.tree.leaves(hess_gaps)) > 1e-6
 
 
@@ -232,12 +250,16 @@ def test_unknown_axis_name_is_named():
   tx = dp.make_tx(axis_name="batch")
   params = dp.make_params()
   state = tx.init(params)
-  step = jax.jit(jax.shard_map(
-      dp.one_sample_step(tx), mesh=mesh,
-      in_specs=(P(), P(), P(), P("data"), P("data")), out_specs=(P(), P())))
+  step = jax.jit(
+    jax.shard_map(
+      dp.one_sample_step(tx),
+      mesh=mesh,
+      in_specs=(P(), P(), P(), P("data"), P("data")),
+      out_specs=(P(), P()),
+    )
+  )
   with pytest.raises(ValueError, match=r"`axis_name`='batch' is not a mapped axis"):
-    step(*dp.replicated((params, state), mesh), np.int32(0),
-         *data_sharded(mesh, *dp.make_batch(0)))
+    step(*dp.replicated((params, state), mesh), np.int32(0), *data_sharded(mesh, *dp.make_batch(0)))
 
 
 def test_state_sharded_unlike_params_is_named():
@@ -245,7 +267,10 @@ def test_state_sharded_unlike_params_is_named():
   ivon_state = ivon_optax.find_ivon_state(state)
   replicated_hess = jax.device_put(ivon_state.hess, NamedSharding(mesh, P()))
   state = (ivon_state._replace(hess=replicated_hess),) + tuple(state[1:])
-  with pytest.raises(ValueError, match=r"\.hess\['dense_1'\]\['bias'\] is sharded as "
-                     r"P\(\) .* param \['dense_1'\]\['bias'\] is sharded as "
-                     r"P\('fsdp',\)"):
-    ivon_optax.check_state_sharding(state, params)
+  with pytest.raises(
+    ValueError,
+    match=r"\.hess\['dense_1'\]\['bias'\] is sharded as "
+    r"P\(\) .* param \['dense_1'\]\['bias'\] is sharded as "
+    r"P\('fsdp',\)",
+  ):
+    ivon_optax.sharding.check_state_sharding(state, params)

@@ -18,8 +18,11 @@ def main(process_id: int, num_processes: int, port: int, num_steps: int, out_pat
   jax.config.update("jax_num_cpu_devices", LOCAL_DEVICES)
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.distributed.initialize(
-      coordinator_address=f"localhost:{port}", num_processes=num_processes,
-      process_id=process_id, initialization_timeout=120)
+    coordinator_address=f"localhost:{port}",
+    num_processes=num_processes,
+    process_id=process_id,
+    initialization_timeout=120,
+  )
 
   import data_parallel_steps as dp
   import numpy as np
@@ -39,8 +42,9 @@ def main(process_id: int, num_processes: int, port: int, num_steps: int, out_pat
     params, state = jax.block_until_ready(step(params, state, np.int32(index), *batch))
   # The params are replicated: this process's first shard holds all of them.
   leaves = {
-      jax.tree_util.keystr(path): np.asarray(leaf.addressable_data(0))
-      for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
+    jax.tree_util.keystr(path): np.asarray(leaf.addressable_data(0))
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
+  }
   np.savez(out_path, **leaves)
   jax.distributed.shutdown()
 

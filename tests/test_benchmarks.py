@@ -17,9 +17,14 @@ ROOT = Path(__file__).resolve().parents[1]
 def _run(script: str, *args: str, tmp_path: Path) -> dict:
   output = tmp_path / "results.json"
   result = subprocess.run(
-      [sys.executable, str(ROOT / "benchmarks" / script), *args, "--json", str(output)],
-      capture_output=True, text=True, check=False, cwd=tmp_path, timeout=300,
-      env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "JAX_PLATFORMS": "cpu"})
+    [sys.executable, str(ROOT / "benchmarks" / script), *args, "--json", str(output)],
+    capture_output=True,
+    text=True,
+    check=False,
+    cwd=tmp_path,
+    timeout=300,
+    env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "JAX_PLATFORMS": "cpu"},
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   report = json.loads(output.read_text())
   report["stdout"] = result.stdout
@@ -35,17 +40,38 @@ def _positive_times(stats: dict, steps: int) -> None:
 
 
 def test_step_time_runs_and_reports_every_field(tmp_path):
-  report = _run("step_time.py", "--model", "mlp", "--tiny", "--steps", "3", "--warmup", "1",
-                "--samples", "2", "--extra-samplers", tmp_path=tmp_path)
+  report = _run(
+    "step_time.py",
+    "--model",
+    "mlp",
+    "--tiny",
+    "--steps",
+    "3",
+    "--warmup",
+    "1",
+    "--samples",
+    "2",
+    "--extra-samplers",
+    tmp_path=tmp_path,
+  )
   env = report["environment"]
   for field in ("date", "command", "platform", "device", "cpu", "versions"):
     assert env[field], field
   rows = {(row["backend"], row["optimizer"]): row for row in report["results"]}
-  expected = {("jax", "adamw"), ("jax", "sgd"), ("jax", "ivon"), ("jax", "ivon x2 parallel"),
-              ("jax", "ivon x2 sequential")}
+  expected = {
+    ("jax", "adamw"),
+    ("jax", "sgd"),
+    ("jax", "ivon"),
+    ("jax", "ivon x2 parallel"),
+    ("jax", "ivon x2 sequential"),
+  }
   if report["settings"]["torch"]:
-    expected |= {("torch", "adamw"), ("torch", "sgd"), ("torch", "ivon-opt"),
-                 ("torch", "ivon-opt x2 sequential")}
+    expected |= {
+      ("torch", "adamw"),
+      ("torch", "sgd"),
+      ("torch", "ivon-opt"),
+      ("torch", "ivon-opt x2 sequential"),
+    }
     assert "PyTorch ivon-opt" in report["stdout"]
   assert set(rows) == expected
   for (backend, optimizer), row in rows.items():
@@ -64,20 +90,46 @@ def test_step_time_runs_and_reports_every_field(tmp_path):
   assert "| jax | ivon |" in report["stdout"]
   # Two repetitions of the same run have no spread.
   summary = subprocess.run(
-      [sys.executable, str(ROOT / "benchmarks" / "summarize.py"), str(report["path"]),
-       str(report["path"])], capture_output=True, text=True, check=True, timeout=120,
-      env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "JAX_PLATFORMS": "cpu"}).stdout
+    [
+      sys.executable,
+      str(ROOT / "benchmarks" / "summarize.py"),
+      str(report["path"]),
+      str(report["path"]),
+    ],
+    capture_output=True,
+    text=True,
+    check=True,
+    timeout=120,
+    env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "JAX_PLATFORMS": "cpu"},
+  ).stdout
   median = rows[("jax", "ivon")]["step_ms"]["median"]
   assert f"| mlp | jax | ivon | 2 | {median:.3f} [{median:.3f}, {median:.3f}]" in summary
 
 
 def test_optimizer_step_runs_and_reports_bandwidth(tmp_path):
-  report = _run("optimizer_step.py", "--scale", "64", "--steps", "2", "--warmup", "1",
-                "--generator-key-impls", "threefry2x32", tmp_path=tmp_path)
+  report = _run(
+    "optimizer_step.py",
+    "--scale",
+    "64",
+    "--steps",
+    "2",
+    "--warmup",
+    "1",
+    "--generator-key-impls",
+    "threefry2x32",
+    tmp_path=tmp_path,
+  )
   assert report["copy_bandwidth_bytes_per_s"] > 0
   rows = {row["case"]: row for row in report["results"]}
-  for case in ("copy", "adamw", "ivon", "ivon[threefry]", "ivon[given eps]",
-               "counter_normal [threefry2x32]", "jax.random.normal [threefry2x32]"):
+  for case in (
+    "copy",
+    "adamw",
+    "ivon",
+    "ivon[threefry]",
+    "ivon[given eps]",
+    "counter_normal [threefry2x32]",
+    "jax.random.normal [threefry2x32]",
+  ):
     row = rows[case]
     _positive_times(row["step_ms"], 2)
     assert row["gb_per_s"] > 0 and row["xla_bytes"] > 0
@@ -86,13 +138,20 @@ def test_optimizer_step_runs_and_reports_bandwidth(tmp_path):
   assert set(report["analysis"]) >= {"ivon_floor_fraction", "rng_ms"}
 
 
-@pytest.mark.parametrize("args, message", [
+@pytest.mark.parametrize(
+  "args, message",
+  [
     (["--model", "vgg"], "invalid choice"),
     (["--samples", "0"], "--samples must be >= 1"),
-])
+  ],
+)
 def test_step_time_rejects_bad_arguments(args, message):
-  result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "step_time.py"), *args],
-                          capture_output=True, text=True, check=False, timeout=120,
-                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin",
-                               "JAX_PLATFORMS": "cpu"})
+  result = subprocess.run(
+    [sys.executable, str(ROOT / "benchmarks" / "step_time.py"), *args],
+    capture_output=True,
+    text=True,
+    check=False,
+    timeout=120,
+    env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "JAX_PLATFORMS": "cpu"},
+  )
   assert result.returncode == 2 and message in result.stderr

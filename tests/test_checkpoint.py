@@ -28,23 +28,32 @@ TOTAL_STEPS, HALF, SAVE_EVERY = 24, 12, 6
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
   return dict(
-      os.environ,
-      PYTHONPATH=str(ROOT),
-      # Compiling dominates these runs' time: LLVM's optimizations are not
-      # needed, and the runs share the compiled train step through a cache.
-      XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0",
-      JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("jax_cache")),
-      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+    os.environ,
+    PYTHONPATH=str(ROOT),
+    # Compiling dominates these runs' time: LLVM's optimizations are not
+    # needed, and the runs share the compiled train step through a cache.
+    XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0",
+    JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("jax_cache")),
+    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
   )
 
 
 def start_example(env, checkpoint_dir, *args, code=None):
   """Starts the example (or ``code`` that runs it) with the test's run length."""
-  argv = [EXAMPLE, "--total-steps", str(TOTAL_STEPS), "--save-every", str(SAVE_EVERY),
-          "--checkpoint-dir", str(checkpoint_dir), *args]
+  argv = [
+    EXAMPLE,
+    "--total-steps",
+    str(TOTAL_STEPS),
+    "--save-every",
+    str(SAVE_EVERY),
+    "--checkpoint-dir",
+    str(checkpoint_dir),
+    *args,
+  ]
   command = [sys.executable, "-c", code, *argv] if code else [sys.executable, *argv]
   return subprocess.Popen(
-      command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+  )
 
 
 def finish(process, expected_returncode=0) -> str:
@@ -64,7 +73,8 @@ def assert_bitwise_equal(tree, expected):
   assert [path for path, _ in flat] == [path for path, _ in expected_flat]
   for (path, leaf), (_, expected_leaf) in zip(flat, expected_flat):
     np.testing.assert_array_equal(
-        np.asarray(leaf), np.asarray(expected_leaf), err_msg=jax.tree_util.keystr(path))
+      np.asarray(leaf), np.asarray(expected_leaf), err_msg=jax.tree_util.keystr(path)
+    )
 
 
 # The example under a patched Orbax: the process kills itself once all of step
@@ -95,14 +105,16 @@ def test_interrupted_runs(env, tmp_path):
   output = finish(start_example(env, dirs["straight"]))
   assert f"step {TOTAL_STEPS}: IVON count {TOTAL_STEPS}" in output, output
   processes = {
-      "resumed": start_example(env, dirs["resumed"], "--stop-at", str(HALF)),
-      "eight_devices": start_example(
-          env, dirs["eight_devices"], "--stop-at", str(HALF), "--devices", "8"),
-      "crashed": start_example(env, dirs["crashed"], code=CRASH_BEFORE_COMMIT),
+    "resumed": start_example(env, dirs["resumed"], "--stop-at", str(HALF)),
+    "eight_devices": start_example(
+      env, dirs["eight_devices"], "--stop-at", str(HALF), "--devices", "8"
+    ),
+    "crashed": start_example(env, dirs["crashed"], code=CRASH_BEFORE_COMMIT),
   }
   outputs = {
-      name: finish(process, -signal.SIGKILL if name == "crashed" else 0)
-      for name, process in processes.items()}
+    name: finish(process, -signal.SIGKILL if name == "crashed" else 0)
+    for name, process in processes.items()
+  }
   check_resume_is_bit_identical(env, dirs, outputs["resumed"])
   check_crash_mid_save_leaves_no_loadable_checkpoint(dirs)
   check_checkpoint_from_8_devices_restores_on_1(dirs, outputs["eight_devices"])
@@ -137,7 +149,8 @@ def check_crash_mid_save_leaves_no_loadable_checkpoint(dirs):
 def check_checkpoint_from_8_devices_restores_on_1(dirs, output):
   assert f"step {HALF}: IVON count {HALF}" in output, output
   manager = ocp.CheckpointManager(
-      dirs["eight_devices"], item_handlers=ocp.StandardCheckpointHandler())
+    dirs["eight_devices"], item_handlers=ocp.StandardCheckpointHandler()
+  )
   device = jax.devices()[0]
   on_8_devices = manager.item_metadata(HALF).tree
   # Saved from an 8-device mesh, the params and IVON buffers FSDP-sharded on it.
@@ -145,24 +158,32 @@ def check_checkpoint_from_8_devices_restores_on_1(dirs, output):
   assert meshes and all(int(np.prod(mesh.shape)) == 8 for mesh in meshes)
   assert any("fsdp" in str(mesh.partition_spec) for mesh in meshes)
   target = jax.tree.map(
-      lambda leaf: jax.ShapeDtypeStruct(
-          leaf.shape, leaf.dtype, sharding=jax.sharding.SingleDeviceSharding(device)),
-      on_8_devices)
+    lambda leaf: jax.ShapeDtypeStruct(
+      leaf.shape, leaf.dtype, sharding=jax.sharding.SingleDeviceSharding(device)
+    ),
+    on_8_devices,
+  )
   restored = ivon_optax.checkpoint.restore(manager, target)
   for leaf in jax.tree.leaves(restored):
     if isinstance(leaf, jax.Array):
       assert leaf.sharding.device_set == {device}
   # The 8-device steps equal the 1-device steps up to float32 reduction order.
   jax.tree.map(
-      lambda got, expected: np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6),
-      restored["params"], saved(dirs["straight"], HALF)["params"])
+    lambda got, expected: np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6),
+    restored["params"],
+    saved(dirs["straight"], HALF)["params"],
+  )
   assert int(restored["opt_state"][0]["count"]) == HALF
 
 
 def train_state(params):
   tx = ivon_optax.ivon(optax.linear_schedule(0.1, 0.0, 10), ess=100.0)
-  return {"params": params, "opt_state": tx.init(params), "step": jnp.asarray(3),
-          "loader": {"epoch": 0, "index": 3}}
+  return {
+    "params": params,
+    "opt_state": tx.init(params),
+    "step": jnp.asarray(3),
+    "loader": {"epoch": 0, "index": 3},
+  }
 
 
 def test_checkpoint_of_another_model_is_named(tmp_path):
@@ -170,14 +191,18 @@ def test_checkpoint_of_another_model_is_named(tmp_path):
   manager = ocp.CheckpointManager(tmp_path)
   manager.save(3, args=ocp.args.StandardSave(train_state(params)))
   manager.wait_until_finished()
-  wider = {"dense": {"kernel": jnp.ones((4, 5)), "bias": jnp.zeros(5)},
-           "head": {"kernel": jnp.ones((5, 2))}}
+  wider = {
+    "dense": {"kernel": jnp.ones((4, 5)), "bias": jnp.zeros(5)},
+    "head": {"kernel": jnp.ones((5, 2))},
+  }
   fresh = ocp.CheckpointManager(tmp_path)
   with pytest.raises(ValueError) as error:
     ivon_optax.checkpoint.restore(fresh, train_state(wider))
   message = str(error.value)
   assert "at step 3" in message
-  assert "['params']['dense']['kernel']: shape (4, 3) in the checkpoint, (4, 5) in the target" in message
+  assert (
+    "['params']['dense']['kernel']: shape (4, 3) in the checkpoint, (4, 5) in the target" in message
+  )
   assert "['params']['head']['kernel']: in the target but not in the checkpoint" in message
   assert "[0].hess['dense']['bias']: shape (3,) in the checkpoint, (5,) in the target" in message
   # The same model restores, with its step count.
@@ -192,9 +217,17 @@ def test_restore_from_an_empty_directory_is_named(tmp_path):
 
 
 def test_importing_ivon_optax_needs_no_orbax():
-  code = ("import sys, ivon_optax; "
-          "assert not {'orbax', 'flax'} & {name.split('.')[0] for name in sys.modules}")
+  code = (
+    "import sys, ivon_optax; "
+    "assert not {'orbax', 'flax'} & {name.split('.')[0] for name in sys.modules}"
+  )
   result = subprocess.run(
-      [sys.executable, "-c", code], cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
-      capture_output=True, text=True, timeout=120, check=False)
+    [sys.executable, "-c", code],
+    cwd=ROOT,
+    env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    capture_output=True,
+    text=True,
+    timeout=120,
+    check=False,
+  )
   assert result.returncode == 0, result.stderr

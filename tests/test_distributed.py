@@ -31,23 +31,31 @@ FAST_COMPILE = "--xla_backend_optimization_level=0"
 
 def subprocess_env(xla_flags=""):
   return dict(
-      os.environ,
-      PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]),
-      XLA_FLAGS=" ".join([os.environ.get("XLA_FLAGS", ""), FAST_COMPILE, xla_flags]))
+    os.environ,
+    PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]),
+    XLA_FLAGS=" ".join([os.environ.get("XLA_FLAGS", ""), FAST_COMPILE, xla_flags]),
+  )
 
 
 def run_python(args, xla_flags="", timeout=300):
   env = subprocess_env(xla_flags)
   return subprocess.run(
-      [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True,
-      timeout=timeout, check=False)
+    [sys.executable, *args],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+    check=False,
+  )
 
 
 @pytest.mark.slow
 def test_eight_device_suite():
   """Flavours 1 and 2 on 8 simulated devices (see tests/eight_devices.py)."""
   result = run_python(
-      ["-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/eight_devices.py"], EIGHT_DEVICES)
+    ["-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/eight_devices.py"], EIGHT_DEVICES
+  )
   assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
   assert " passed" in result.stdout and "skipped" not in result.stdout, result.stdout[-2000:]
 
@@ -64,11 +72,24 @@ def test_two_processes_agree_with_one(tmp_path):
   num_steps, port = 3, free_port()
   env = subprocess_env()
   workers = [
-      subprocess.Popen(
-          [sys.executable, "tests/multihost_worker.py", str(process_id), "2", str(port),
-           str(num_steps), str(tmp_path / f"params_{process_id}.npz")],
-          cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-      for process_id in range(2)]
+    subprocess.Popen(
+      [
+        sys.executable,
+        "tests/multihost_worker.py",
+        str(process_id),
+        "2",
+        str(port),
+        str(num_steps),
+        str(tmp_path / f"params_{process_id}.npz"),
+      ],
+      cwd=ROOT,
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+    )
+    for process_id in range(2)
+  ]
   outputs = []
   for worker in workers:
     try:
@@ -87,8 +108,9 @@ def test_two_processes_agree_with_one(tmp_path):
   for index in range(num_steps):
     params, state = reference(params, state, np.int32(index), *dp.make_batch(index))
   expected = {
-      jax.tree_util.keystr(path): np.asarray(leaf)
-      for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
+    jax.tree_util.keystr(path): np.asarray(leaf)
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
+  }
   first, second = (dict(np.load(tmp_path / f"params_{i}.npz")) for i in range(2))
   assert first.keys() == second.keys() == expected.keys()
   for name, value in expected.items():
@@ -108,12 +130,13 @@ def test_state_sharding_keeps_masked_and_empty_nodes():
   params = jax.device_put(dp.make_params(), NamedSharding(mesh, P()))
   mask = {"dense_1": {"kernel": True, "bias": False}, "dense_2": {"kernel": True, "bias": False}}
   tx = optax.chain(
-      optax.masked(ivon_optax.ivon(0.1, ess=100.0), mask),
-      optax.masked(optax.sgd(0.1), jax.tree.map(lambda m: not m, mask)))
-  sharding = ivon_optax.state_sharding(jax.eval_shape(tx.init, params), params)
+    optax.masked(ivon_optax.ivon(0.1, ess=100.0), mask),
+    optax.masked(optax.sgd(0.1), jax.tree.map(lambda m: not m, mask)),
+  )
+  sharding = ivon_optax.sharding.state_sharding(jax.eval_shape(tx.init, params), params)
   state = jax.jit(tx.init, out_shardings=sharding)(params)
   chex.assert_trees_all_equal_structs(state, tx.init(params))
-  ivon_optax.check_state_sharding(state, params)
+  ivon_optax.sharding.check_state_sharding(state, params)
   hess = ivon_optax.find_ivon_state(state).hess
   assert isinstance(hess["dense_1"]["bias"], optax.MaskedNode)
   assert hess["dense_1"]["kernel"].sharding.is_equivalent_to(NamedSharding(mesh, P()), 2)
@@ -125,7 +148,7 @@ def test_state_sharding_uses_each_params_own_sharding():
   specs = {"kernel": P("data", "fsdp"), "bias": P("fsdp")}
   params = jax.device_put(params, jax.tree.map(lambda s: NamedSharding(mesh, s), specs))
   tx = ivon_optax.ivon(optax.linear_schedule(0.1, 0.0, 10), ess=100.0)
-  sharding = ivon_optax.state_sharding(jax.eval_shape(tx.init, params), params)
+  sharding = ivon_optax.sharding.state_sharding(jax.eval_shape(tx.init, params), params)
   ivon_sharding = ivon_optax.find_ivon_state(sharding)
   assert jax.tree.map(lambda s: s.spec, ivon_sharding.momentum) == specs
   assert jax.tree.map(lambda s: s.spec, ivon_sharding.hess) == specs
@@ -138,7 +161,7 @@ def test_state_sharding_accepts_abstract_params():
   mesh = one_device_mesh()
   params = {"w": jax.ShapeDtypeStruct((8,), jnp.float32, sharding=NamedSharding(mesh, P("fsdp")))}
   tx = ivon_optax.ivon(0.1, ess=100.0)
-  sharding = ivon_optax.state_sharding(jax.eval_shape(tx.init, params), params)
+  sharding = ivon_optax.sharding.state_sharding(jax.eval_shape(tx.init, params), params)
   assert ivon_optax.find_ivon_state(sharding).hess["w"].spec == P("fsdp")
 
 
@@ -146,7 +169,7 @@ def test_state_sharding_needs_placed_params():
   params = {"w": np.ones(3, np.float32)}
   state = ivon_optax.ivon(0.1, ess=100.0).init(params)
   with pytest.raises(TypeError, match="must carry a sharding"):
-    ivon_optax.state_sharding(state, params)
+    ivon_optax.sharding.state_sharding(state, params)
 
 
 # --- axis_name errors --------------------------------------------------------------
@@ -167,8 +190,11 @@ def test_axis_name_missing_from_the_mesh_is_named():
   params = {"w": jnp.ones(3)}
   state = tx.init(params)
   step = jax.shard_map(
-      lambda g, state: tx.update(g, state, params, noise=g)[1],
-      mesh=mesh, in_specs=(P(), P()), out_specs=P())
+    lambda g, state: tx.update(g, state, params, noise=g)[1],
+    mesh=mesh,
+    in_specs=(P(), P()),
+    out_specs=P(),
+  )
   with pytest.raises(ValueError, match=r"`axis_name`='batch' is not a mapped axis"):
     jax.jit(step)(params, state)
 

@@ -28,8 +28,20 @@ def _check_classification_metrics(metrics: dict) -> None:
 def test_main_job_command_line(tmp_path):
   repo = os.path.dirname(EXAMPLES)
   command = [
-      sys.executable, os.path.join(EXAMPLES, "train_classifier.py"), "--epochs", "8",
-      "--hidden", "32", "--samples", "4", "--seeds", "0", "1", "--out", str(tmp_path)]
+    sys.executable,
+    os.path.join(EXAMPLES, "train_classifier.py"),
+    "--epochs",
+    "8",
+    "--hidden",
+    "32",
+    "--samples",
+    "4",
+    "--seeds",
+    "0",
+    "1",
+    "--out",
+    str(tmp_path),
+  ]
   environment = {**os.environ, "PYTHONPATH": repo}
   run = subprocess.run(command, capture_output=True, text=True, env=environment, check=True)
   for method in ("SGD", "AdamW", "IVON (mean)", "IVON (Bayes, 4 samples)"):
@@ -63,9 +75,24 @@ def test_mnist1d_is_generated_without_downloading(monkeypatch, tmp_path):
 
 def test_regression_band_widens_in_the_gap_and_outside(tmp_path):
   # A short run needs a faster Hessian decay (beta2) for the posterior to adapt.
-  summary = regression_1d.main([
-      "--epochs", "30", "--num-points", "500", "--hidden", "32", "32", "--samples", "32",
-      "--beta2", "0.99", "--no-progress", "--out", str(tmp_path)])
+  summary = regression_1d.main(
+    [
+      "--epochs",
+      "30",
+      "--num-points",
+      "500",
+      "--hidden",
+      "32",
+      "32",
+      "--samples",
+      "32",
+      "--beta2",
+      "0.99",
+      "--no-progress",
+      "--out",
+      str(tmp_path),
+    ]
+  )
   assert os.path.getsize(summary["plot"]) > 10_000
   on_data = summary["data"]["std"]
   assert summary["gap"]["std"] > 1.25 * on_data
@@ -76,7 +103,8 @@ def test_regression_band_widens_in_the_gap_and_outside(tmp_path):
 
 def test_ood_detection_reports_aurocs():
   results = ood_detection.main(
-      ["--epochs", "10", "--hidden", "32", "--samples", "4", "--no-progress"])
+    ["--epochs", "10", "--hidden", "32", "--samples", "4", "--no-progress"]
+  )
   assert set(results) == {"SGD", "AdamW", "IVON (mean)", "IVON (Bayes, 4 samples)"}
   for aurocs in results.values():
     assert set(aurocs) == {"uniform noise", "shuffled pixels"}
@@ -86,14 +114,28 @@ def test_ood_detection_reports_aurocs():
 
 
 def test_sweep_writes_a_table_and_picks_a_winner_per_optimizer(tmp_path, monkeypatch):
-  monkeypatch.setattr(sweep_classifier, "GRIDS", {
+  monkeypatch.setattr(
+    sweep_classifier,
+    "GRIDS",
+    {
       "sgd": ("sgd", {"learning_rate": [0.1, 0.3], "weight_decay": [1e-3]}),
-      "ivon-2mc": ("ivon", {"learning_rate": [0.5], "weight_decay": [1e-3],
-                            "train_samples": [2]}),
-  })
-  best = sweep_classifier.main([
-      "--dataset", "digits", "--epochs", "2", "--hidden", "16", "--samples", "2",
-      "--out", str(tmp_path)])
+      "ivon-2mc": ("ivon", {"learning_rate": [0.5], "weight_decay": [1e-3], "train_samples": [2]}),
+    },
+  )
+  best = sweep_classifier.main(
+    [
+      "--dataset",
+      "digits",
+      "--epochs",
+      "2",
+      "--hidden",
+      "16",
+      "--samples",
+      "2",
+      "--out",
+      str(tmp_path),
+    ]
+  )
   assert set(best) == {"sgd", "ivon-2mc"}
   for row in best.values():
     _check_classification_metrics(row)

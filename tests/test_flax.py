@@ -20,8 +20,9 @@ LABELS = (INPUTS.sum(-1) > 0).astype(jnp.int32)
 
 def test_import_ivon_optax_does_not_import_flax():
   code = (
-      "import sys, ivon_optax\n"
-      "assert not [m for m in sys.modules if m == 'flax' or m.startswith('flax.')]\n")
+    "import sys, ivon_optax\n"
+    "assert not [m for m in sys.modules if m == 'flax' or m.startswith('flax.')]\n"
+  )
   subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -29,7 +30,6 @@ def test_import_ivon_optax_does_not_import_flax():
 
 
 class LinenBatchNormNet(nn.Module):
-
   @nn.compact
   def __call__(self, x, train: bool):
     x = nn.Dense(4)(x)
@@ -41,14 +41,17 @@ def _linen_state(tx=None):
   model = LinenBatchNormNet()
   variables = model.init(jax.random.key(0), INPUTS, train=False)
   return ivon_flax.TrainState.create(
-      apply_fn=model.apply, params=variables["params"],
-      tx=tx or ivon_optax.ivon(0.2, ess=200.0, hess_init=0.5),
-      collections={"batch_stats": variables["batch_stats"]})
+    apply_fn=model.apply,
+    params=variables["params"],
+    tx=tx or ivon_optax.ivon(0.2, ess=200.0, hess_init=0.5),
+    collections={"batch_stats": variables["batch_stats"]},
+  )
 
 
 def _linen_loss(state, params):
   logits, updates = state.apply_fn(
-      state.variables(params), INPUTS, train=True, mutable=["batch_stats"])
+    state.variables(params), INPUTS, train=True, mutable=["batch_stats"]
+  )
   return optax.softmax_cross_entropy_with_integer_labels(logits, LABELS).mean(), updates
 
 
@@ -67,13 +70,13 @@ def test_linen_step_is_the_ivon_update_at_the_sample_and_updates_batch_stats():
   sampled, noise = ivon_optax.sample_params(key, state.opt_state, state.params)
   grads, updates = jax.grad(lambda p: _linen_loss(state, p), has_aux=True)(sampled)
   steps, opt_state = state.tx.update(grads, state.opt_state, state.params, noise=noise)
-  chex.assert_trees_all_close(
-      new_state.params, optax.apply_updates(state.params, steps), atol=1e-6)
+  chex.assert_trees_all_close(new_state.params, optax.apply_updates(state.params, steps), atol=1e-6)
   chex.assert_trees_all_close(new_state.opt_state, opt_state, atol=1e-6)
   chex.assert_trees_all_close(new_state.collections, updates, atol=1e-6)
   assert int(new_state.step) == 1
   stats_moved = jax.tree.map(
-      lambda a, b: bool(jnp.any(a != b)), state.collections, new_state.collections)
+    lambda a, b: bool(jnp.any(a != b)), state.collections, new_state.collections
+  )
   assert all(jax.tree.leaves(stats_moved))
 
 
@@ -104,8 +107,10 @@ def test_linen_several_samples_per_step():
     grads, noise = jax.vmap(grad_at)(jax.random.split(jax.random.key(3), 4))
     average = ivon_optax.average_samples(grads, noise)
     steps, _ = state.tx.update(average.grads, state.opt_state, state.params, samples=average)
-    return (state.apply_gradients(grads=average.grads, samples=average),
-            optax.apply_updates(state.params, steps))
+    return (
+      state.apply_gradients(grads=average.grads, samples=average),
+      optax.apply_updates(state.params, steps),
+    )
 
   new_state, expected = step_and_expected(state)
   assert int(new_state.step) == 1
@@ -123,8 +128,8 @@ def test_linen_sample_outputs_sample_params_only():
   def predict(state):
     outputs = state.sample_outputs(key, INPUTS, num_samples=3, batch_size=2, train=False)
     functional = ivon_flax.sample_linen_outputs(
-        key, state.apply_fn, state.opt_state, state.variables(), INPUTS, num_samples=3,
-        train=False)
+      key, state.apply_fn, state.opt_state, state.variables(), INPUTS, num_samples=3, train=False
+    )
     expected = []
     for sample_key in jax.random.split(key, 3):
       sampled, _ = ivon_optax.sample_params(sample_key, state.opt_state, state.params)
@@ -143,8 +148,14 @@ def test_linen_bad_variables_raise():
     state.replace(collections={"params": state.params}).variables()
   with pytest.raises(ValueError, match="'params'"):
     ivon_flax.sample_linen_outputs(
-        jax.random.key(0), state.apply_fn, state.opt_state, dict(state.collections), INPUTS,
-        num_samples=2, train=False)
+      jax.random.key(0),
+      state.apply_fn,
+      state.opt_state,
+      dict(state.collections),
+      INPUTS,
+      num_samples=2,
+      train=False,
+    )
 
 
 def test_linen_posterior_is_the_optimizer_posterior():
@@ -158,7 +169,6 @@ def test_linen_posterior_is_the_optimizer_posterior():
 
 
 class NNXBatchNormNet(nnx.Module):
-
   def __init__(self, rngs):
     self.hidden = nnx.Linear(3, 4, rngs=rngs)
     self.norm = nnx.BatchNorm(4, momentum=0.5, rngs=rngs)
@@ -182,8 +192,7 @@ def _nnx_train_step(model, optimizer, key):
 
 def _nnx_setup():
   model = NNXBatchNormNet(nnx.Rngs(0))
-  optimizer = nnx.Optimizer(
-      model, ivon_optax.ivon(0.2, ess=200.0, hess_init=0.5), wrt=nnx.Param)
+  optimizer = nnx.Optimizer(model, ivon_optax.ivon(0.2, ess=200.0, hess_init=0.5), wrt=nnx.Param)
   return model, optimizer
 
 
@@ -234,8 +243,9 @@ def test_nnx_sample_outputs():
   _nnx_train_step(model, optimizer, jax.random.key(4))
   eval_model = nnx.view(model, use_running_average=True)
   key = jax.random.key(5)
-  outputs = nnx.jit(lambda m, o, k: ivon_flax.sample_nnx_outputs(
-      k, o, m, INPUTS, num_samples=3, batch_size=2))(eval_model, optimizer, key)
+  outputs = nnx.jit(
+    lambda m, o, k: ivon_flax.sample_nnx_outputs(k, o, m, INPUTS, num_samples=3, batch_size=2)
+  )(eval_model, optimizer, key)
   chex.assert_shape(outputs, (3, 8, 2))
   graphdef, _, batch_stats = nnx.split(eval_model, nnx.Param, ...)
   for sample, sample_key in enumerate(jax.random.split(key, 3)):

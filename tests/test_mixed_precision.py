@@ -25,8 +25,12 @@ def test_state_is_float32_for_half_precision_params(param_dtype):
   params = {"w": jnp.ones((3, 2), param_dtype)}
   state = ivon_optax.ivon(0.1, ess=100.0).init(params)
   ivon_state = ivon_optax.find_ivon_state(state)
-  for leaf in (ivon_state.momentum["w"], ivon_state.hess["w"], ivon_state.ess,
-               ivon_state.weight_decay["w"]):
+  for leaf in (
+    ivon_state.momentum["w"],
+    ivon_state.hess["w"],
+    ivon_state.ess,
+    ivon_state.weight_decay["w"],
+  ):
     assert leaf.dtype == jnp.float32
   sampled, noise = ivon_optax.sample_params(jax.random.key(0), state, params)
   assert sampled["w"].dtype == noise["w"].dtype == param_dtype
@@ -46,7 +50,8 @@ def test_half_precision_hyperparameters_are_rejected(param_dtype):
 def test_float32_hyperparameters_keep_beta2():
   params = {"w": jnp.ones(3, jnp.bfloat16)}
   tx = optax.inject_hyperparams(ivon_optax.ivon, hyperparam_dtype=jnp.float32)(
-      learning_rate=0.1, ess=100.0)
+    learning_rate=0.1, ess=100.0
+  )
   state = tx.init(params)
   assert state.hyperparams["beta2"].dtype == jnp.float32
   assert float(state.hyperparams["beta2"]) == np.float32(BETA2)
@@ -59,7 +64,8 @@ def test_one_minus_beta2_increment_is_kept_with_bf16_params():
   """One step: h moves by (1 - beta2) (h_hat - h) + O((1 - beta2)^2), as computed in float64."""
   ess, hess_init, weight_decay = 1000.0, 1.0, 1e-4
   tx = optax.inject_hyperparams(ivon_optax.ivon, hyperparam_dtype=jnp.float32)(
-      learning_rate=0.1, ess=ess, hess_init=hess_init, weight_decay=weight_decay)
+    learning_rate=0.1, ess=ess, hess_init=hess_init, weight_decay=weight_decay
+  )
   params = {"w": jnp.linspace(-1.0, 1.0, 16, dtype=jnp.bfloat16)}
   state = tx.init(params)
   sampled, noise = ivon_optax.sample_params(jax.random.key(0), state, params)
@@ -70,8 +76,11 @@ def test_one_minus_beta2_increment_is_kept_with_bf16_params():
   noise_grads = np.asarray(noise["w"], np.float64) * np.asarray(grads["w"], np.float64)
   hess_hat = ess * noise_grads * (hess_init + weight_decay)
   one_minus_beta2 = 1.0 - np.float64(np.float32(BETA2))
-  expected = (hess_init + one_minus_beta2 * (hess_hat - hess_init)
-              + 0.5 * one_minus_beta2**2 * (hess_init - hess_hat) ** 2 / (hess_init + weight_decay))
+  expected = (
+    hess_init
+    + one_minus_beta2 * (hess_hat - hess_init)
+    + 0.5 * one_minus_beta2**2 * (hess_init - hess_hat) ** 2 / (hess_init + weight_decay)
+  )
   increments = hess - hess_init
   assert np.all(np.abs(increments) > 1e-6), increments
   # float32 h near 1 resolves 1.2e-7: allow two of its ulps on top of 1e-3 relative.
@@ -104,7 +113,8 @@ def train_digits(dtype, num_steps=150, batch_size=64, seed=0):
   model = MLP(dtype)
   params = model.init(jax.random.key(seed), train_x[:1])["params"]
   tx = optax.inject_hyperparams(ivon_optax.ivon, hyperparam_dtype=jnp.float32)(
-      learning_rate=0.5, ess=1500.0, hess_init=0.5, weight_decay=1e-3)
+    learning_rate=0.5, ess=1500.0, hess_init=0.5, weight_decay=1e-3
+  )
   state = tx.init(params)
 
   def loss_fn(params, inputs, labels):
@@ -124,6 +134,7 @@ def train_digits(dtype, num_steps=150, batch_size=64, seed=0):
     chosen = rng.choice(len(train_x), batch_size, replace=False)
     previous = state
     params, state = step(params, state, index, train_x[chosen], train_y[chosen])
+
   @jax.jit
   def evaluate(params):
     test_logits = model.apply({"params": params}, test_x)
@@ -137,8 +148,10 @@ def train_digits(dtype, num_steps=150, batch_size=64, seed=0):
 def test_bf16_training_reaches_the_float32_loss():
   f32_loss, f32_accuracy, _, _, _ = train_digits(jnp.float32)
   bf16_loss, bf16_accuracy, params, previous, state = train_digits(jnp.bfloat16)
-  print(f"digits, 150 IVON steps: train loss f32 {f32_loss:.4f} bf16 {bf16_loss:.4f}; "
-        f"test accuracy f32 {f32_accuracy:.3f} bf16 {bf16_accuracy:.3f}")
+  print(
+    f"digits, 150 IVON steps: train loss f32 {f32_loss:.4f} bf16 {bf16_loss:.4f}; "
+    f"test accuracy f32 {f32_accuracy:.3f} bf16 {bf16_accuracy:.3f}"
+  )
   assert f32_loss < 0.3  # it learned
   assert abs(bf16_loss - f32_loss) < 0.15 * f32_loss + 0.02
   assert abs(bf16_accuracy - f32_accuracy) < 0.03

@@ -1,4 +1,4 @@
-"""Tests for ivon_optax.noise: the counter-based normal sampler is Gaussian, independent across
+"""Tests for ivon_optax.random: the counter-based normal sampler is Gaussian, independent across
 elements, leaves and steps, deterministic in the key, and usable under jit and vmap."""
 
 import chex
@@ -13,7 +13,7 @@ from scipy import special
 from scipy import stats
 
 import ivon_optax
-from ivon_optax import noise
+from ivon_optax._src import counter_normal as noise
 
 SIZE = 1 << 20
 
@@ -64,14 +64,21 @@ def test_tails_reach_the_24_bit_limit():
 
 def test_cos_and_log_helpers_are_accurate():
   turns = np.linspace(-0.3, 1.0, 100_003, dtype=np.float32)
-  np.testing.assert_allclose(np.asarray(noise.cos_turns(jnp.asarray(turns))),
-                             np.cos(2 * np.pi * turns.astype(np.float64)), atol=2e-7)
-  uniforms = np.asarray(noise.open_unit_uniform(
-      jnp.arange(0, 2**32 - 1, 4099, dtype=jnp.uint32)), np.float64)
+  np.testing.assert_allclose(
+    np.asarray(noise.cos_turns(jnp.asarray(turns))),
+    np.cos(2 * np.pi * turns.astype(np.float64)),
+    atol=2e-7,
+  )
+  uniforms = np.asarray(
+    noise.open_unit_uniform(jnp.arange(0, 2**32 - 1, 4099, dtype=jnp.uint32)), np.float64
+  )
   assert uniforms.min() == 2.0**-25 and uniforms.max() < 1
   np.testing.assert_allclose(
-      np.asarray(noise.log_of_normal_float(jnp.asarray(uniforms, jnp.float32))),
-      np.log(uniforms), rtol=2e-7, atol=1e-7)
+    np.asarray(noise.log_of_normal_float(jnp.asarray(uniforms, jnp.float32))),
+    np.log(uniforms),
+    rtol=2e-7,
+    atol=1e-7,
+  )
 
 
 def test_elements_are_independent():
@@ -108,11 +115,14 @@ def test_leaves_are_independent():
       assert _max_abs_correlation(eps[i], eps[j], lags=(0, 1, 2, 256)) < 5 / np.sqrt(size)
 
 
-@pytest.mark.parametrize("keys", [
+@pytest.mark.parametrize(
+  "keys",
+  [
     (jax.random.key(0), jax.random.key(1)),
     (jax.random.PRNGKey(5), jax.random.PRNGKey(6)),
     tuple(jax.random.split(jax.random.key(9))),
-])
+  ],
+)
 def test_different_keys_are_not_shifted_copies(keys):
   """Two streams share no more values than two independent ones would."""
   size = 1 << 16
@@ -134,15 +144,16 @@ def test_steps_are_independent():
 def test_same_key_same_draws_and_different_keys_differ():
   key = jax.random.key(12)
   chex.assert_trees_all_equal(draw(key, (5, 7), jnp.float32), draw(key, (5, 7), jnp.float32))
-  assert not np.any(np.asarray(draw(jax.random.key(13), (64,), jnp.float32))
-                    == np.asarray(draw(key, (64,), jnp.float32)))
+  assert not np.any(
+    np.asarray(draw(jax.random.key(13), (64,), jnp.float32))
+    == np.asarray(draw(key, (64,), jnp.float32))
+  )
 
 
 def test_flat_index_order_is_shape_independent():
   """Element i is a function of the key, i and the size, so reshaping a draw keeps its numbers."""
   key = jax.random.key(14)
-  chex.assert_trees_all_equal(draw(key, (6, 4), jnp.float32).ravel(),
-                              draw(key, (24,), jnp.float32))
+  chex.assert_trees_all_equal(draw(key, (6, 4), jnp.float32).ravel(), draw(key, (24,), jnp.float32))
 
 
 def test_jit_matches_eager_and_vmap_over_keys_matches_a_loop():
@@ -165,15 +176,16 @@ def test_typed_and_legacy_keys():
     draws = draw(jax.random.key(16, impl=impl), (32,), jnp.float32)
     assert draws.shape == (32,) and bool(jnp.all(jnp.isfinite(draws)))
   vmapped = jax.vmap(lambda key: noise.counter_normal(key, (8,)))(
-      jax.random.split(jax.random.PRNGKey(17), 2))
+    jax.random.split(jax.random.PRNGKey(17), 2)
+  )
   assert vmapped.shape == (2, 8)
 
 
 @hypothesis.settings(max_examples=10, deadline=None)
 @hypothesis.given(
-    shape=st.lists(st.integers(0, 5), min_size=0, max_size=3).map(tuple),
-    dtype=st.sampled_from([jnp.float32, jnp.bfloat16, jnp.float16]),
-    seed=st.integers(0, 2**31 - 1),
+  shape=st.lists(st.integers(0, 5), min_size=0, max_size=3).map(tuple),
+  dtype=st.sampled_from([jnp.float32, jnp.bfloat16, jnp.float16]),
+  seed=st.integers(0, 2**31 - 1),
 )
 def test_shape_dtype_and_determinism(shape, dtype, seed):
   draws = draw(jax.random.key(seed), shape, dtype)
@@ -214,9 +226,11 @@ def test_sample_params_uses_it_by_default_and_keeps_jax_random_as_an_option():
   key = jax.random.key(19)
   sample = jax.jit(ivon_optax.sample_params, static_argnames="sampler")
   chex.assert_trees_all_equal(
-      sample(key, state, params), sample(key, state, params, sampler=noise.counter_normal))
+    sample(key, state, params), sample(key, state, params, sampler=noise.counter_normal)
+  )
   _, jax_noise = sample(key, state, params, sampler=jax.random.normal)
   sigma = ivon_optax.posterior_std(state, params)
-  expected = jax.tree.map(lambda s, n: s * n, sigma,
-                          optax.tree.random_like(key, params, sampler=jax.random.normal))
+  expected = jax.tree.map(
+    lambda s, n: s * n, sigma, optax.tree.random_like(key, params, sampler=jax.random.normal)
+  )
   chex.assert_trees_all_close(jax_noise, expected)

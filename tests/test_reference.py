@@ -41,8 +41,8 @@ def init_mlp(rng):
   params = {}
   for index, (fan_in, fan_out) in enumerate(itertools.pairwise(LAYER_SIZES)):
     params[f"layer{index}"] = {
-        "bias": rng.normal(size=fan_out) * 0.1,
-        "kernel": rng.normal(size=(fan_in, fan_out)) / np.sqrt(fan_in),
+      "bias": rng.normal(size=fan_out) * 0.1,
+      "kernel": rng.normal(size=(fan_in, fan_out)) / np.sqrt(fan_in),
     }
   return params
 
@@ -69,8 +69,10 @@ def make_batches(rng):
 def make_normals(rng, params, num_samples):
   """Standard normals per step and sample, as lists of leaves in jax order."""
   leaves = jax.tree.leaves(params)
-  return [[[rng.normal(size=np.shape(leaf)) for leaf in leaves] for _ in range(num_samples)]
-          for _ in range(STEPS)]
+  return [
+    [[rng.normal(size=np.shape(leaf)) for leaf in leaves] for _ in range(num_samples)]
+    for _ in range(STEPS)
+  ]
 
 
 def run_reference(params, batches, normals, options, learning_rate, groups=None):
@@ -82,15 +84,20 @@ def run_reference(params, batches, normals, options, learning_rate, groups=None)
   leaves, treedef = jax.tree.flatten(params)
   tensors = [torch.tensor(leaf, dtype=torch.float64, requires_grad=True) for leaf in leaves]
   groups = groups or [(list(range(len(leaves))), {})]
-  param_groups = [dict(params=[tensors[i] for i in indices], **group_options)
-                  for indices, group_options in groups]
+  param_groups = [
+    dict(params=[tensors[i] for i in indices], **group_options) for indices, group_options in groups
+  ]
   num_samples = len(normals[0])
   # optax calls a schedule with its int32 step count, which rounds the value to
   # float32; the reference gets those same values.
-  schedule = ((lambda step: learning_rate(jnp.int32(step))) if callable(learning_rate)
-              else lambda step: learning_rate)
+  schedule = (
+    (lambda step: learning_rate(jnp.int32(step)))
+    if callable(learning_rate)
+    else lambda step: learning_rate
+  )
   optimizer = ivon_reference.IVON(
-      param_groups, lr=float(schedule(0)), ess=ESS, mc_samples=num_samples, **options)
+    param_groups, lr=float(schedule(0)), ess=ESS, mc_samples=num_samples, **options
+  )
   queue = []
   real_randn = torch.randn
 
@@ -107,8 +114,9 @@ def run_reference(params, batches, normals, options, learning_rate, groups=None)
         group["lr"] = float(schedule(step))
       for sample in range(num_samples):
         draws = normals[step][sample]
-        queue.extend(torch.tensor(np.concatenate([draws[i].ravel() for i in indices]))
-                     for indices, _ in groups)
+        queue.extend(
+          torch.tensor(np.concatenate([draws[i].ravel() for i in indices])) for indices, _ in groups
+        )
         with optimizer.sampled_params(train=True):
           optimizer.zero_grad()
           tree = jax.tree.unflatten(treedef, tensors)
@@ -145,11 +153,10 @@ def run_ivon_optax(params, batches, normals, options, learning_rate, form):
   for step in range(STEPS):
     samples = []
     for draws in normals[step]:
-      sampled, noise = ivon_optax.sample_params(
-          key, state, params, sampler=queued_sampler(draws))
+      sampled, noise = ivon_optax.sample_params(key, state, params, sampler=queued_sampler(draws))
       samples.append((grad_fn(sampled, inputs[step], labels[step]), noise))
     if form == "single":
-      (grads, noise), = samples
+      ((grads, noise),) = samples
       updates, state = tx.update(grads, state, params, noise=noise)
     elif form == "parallel":
       stacked_grads, stacked_noise = jax.tree.map(lambda *xs: jnp.stack(xs), *samples)
@@ -165,27 +172,29 @@ def run_ivon_optax(params, batches, normals, options, learning_rate, form):
 
 
 CASES = {
-    "price": (dict(), 0.1),
-    "gradsq": (dict(hess_approx="gradsq"), 0.1),
-    "clip_radius": (dict(clip_radius=1e-3), 0.5),
-    "no_debias": (dict(debias=False), 0.1),
-    "no_rescale_lr": (dict(rescale_lr=False), 0.05),
-    "no_weight_decay": (dict(weight_decay=0.0), 0.1),
-    "paper_like": (dict(hess_init=0.5, beta2=0.999, weight_decay=2e-4), 0.2),
-    "schedule": (dict(), optax.warmup_cosine_decay_schedule(0.0, 0.3, 5, STEPS, 0.01)),
+  "price": (dict(), 0.1),
+  "gradsq": (dict(hess_approx="gradsq"), 0.1),
+  "clip_radius": (dict(clip_radius=1e-3), 0.5),
+  "no_debias": (dict(debias=False), 0.1),
+  "no_rescale_lr": (dict(rescale_lr=False), 0.05),
+  "no_weight_decay": (dict(weight_decay=0.0), 0.1),
+  "paper_like": (dict(hess_init=0.5, beta2=0.999, weight_decay=2e-4), 0.2),
+  "schedule": (dict(), optax.warmup_cosine_decay_schedule(0.0, 0.3, 5, STEPS, 0.01)),
 }
 
 
 def max_relative_error(actual, expected):
   errors = jax.tree.map(
-      lambda a, e: float(np.max(np.abs(np.asarray(a) - e)) / np.max(np.abs(e))),
-      actual, expected)
+    lambda a, e: float(np.max(np.abs(np.asarray(a) - e)) / np.max(np.abs(e))), actual, expected
+  )
   return max(jax.tree.leaves(errors))
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-@pytest.mark.parametrize("form,num_samples", [
-    ("single", 1), ("parallel", 1), ("sequential", 1), ("parallel", 3), ("sequential", 3)])
+@pytest.mark.parametrize(
+  "form,num_samples",
+  [("single", 1), ("parallel", 1), ("sequential", 1), ("parallel", 3), ("sequential", 3)],
+)
 def test_matches_reference(case, form, num_samples):
   options, learning_rate = CASES[case]
   rng = np.random.default_rng(zlib.crc32(f"{case}{num_samples}".encode()))
@@ -222,13 +231,16 @@ def test_weight_decay_mask_matches_reference_param_groups():
   normals = make_normals(rng, params, 1)
   options = dict(weight_decay=0.05, hess_init=0.25)
   leaves = jax.tree.leaves(params)
-  groups = [([i for i, leaf in enumerate(leaves) if leaf.ndim > 1], {}),
-            ([i for i, leaf in enumerate(leaves) if leaf.ndim == 1], {"weight_decay": 0.0})]
+  groups = [
+    ([i for i, leaf in enumerate(leaves) if leaf.ndim > 1], {}),
+    ([i for i, leaf in enumerate(leaves) if leaf.ndim == 1], {"weight_decay": 0.0}),
+  ]
   mask = lambda tree: jax.tree.map(lambda leaf: leaf.ndim > 1, tree)
   with jax.enable_x64(True):
     expected = run_reference(params, batches, normals, options, 0.2, groups)
     actual, _ = run_ivon_optax(
-        params, batches, normals, dict(options, weight_decay_mask=mask), 0.2, "single")
+      params, batches, normals, dict(options, weight_decay_mask=mask), 0.2, "single"
+    )
   assert max_relative_error(actual, expected) <= TOLERANCE
   without_mask = run_reference(params, batches, normals, options, 0.2)
   assert max_relative_error(without_mask, expected) > 1e-6

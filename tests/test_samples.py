@@ -34,7 +34,8 @@ def test_parallel_and_sequential_averages_agree(hess_approx):
   sequential = ivon_optax.init_sample_average(params, hess_approx)
   for index in range(4):
     sequential = ivon_optax.add_sample(
-        sequential, *jax.tree.map(lambda x, i=index: x[i], (grads, noise)))
+      sequential, *jax.tree.map(lambda x, i=index: x[i], (grads, noise))
+    )
   chex.assert_trees_all_close(parallel, sequential, rtol=1e-5, atol=1e-7)
   assert int(parallel.count) == int(sequential.count) == 4
 

@@ -39,8 +39,9 @@ def test_noise_is_gaussian_with_ivon_sigma():
 
 def test_posterior_std_formula():
   params = {"w": jnp.ones((3,)), "b": jnp.ones((2,))}
-  tx = ivon_optax.ivon(0.1, ESS, hess_init=0.2, weight_decay=0.05,
-                       weight_decay_mask={"w": True, "b": False})
+  tx = ivon_optax.ivon(
+    0.1, ESS, hess_init=0.2, weight_decay=0.05, weight_decay_mask={"w": True, "b": False}
+  )
   mean, std = ivon_optax.posterior(tx.init(params), params)
   chex.assert_trees_all_equal(mean, params)
   np.testing.assert_allclose(std["w"], 1 / np.sqrt(ESS * 0.25), rtol=1e-6)
@@ -52,12 +53,12 @@ def _params():
 
 
 WRAPPERS = {
-    "chain_first": lambda tx: optax.chain(tx, optax.scale(1.0)),
-    "chain_last": lambda tx: optax.chain(optax.clip_by_global_norm(1.0), optax.scale(1.0), tx),
-    "inject_hyperparams": lambda tx: optax.inject_hyperparams(ivon_optax.ivon)(0.1, ESS),
-    "multi_steps": lambda tx: optax.MultiSteps(tx, every_k_schedule=2),
-    "apply_if_finite": lambda tx: optax.apply_if_finite(tx, 3),
-    "named_chain": lambda tx: optax.named_chain(("clip", optax.clip(1.0)), ("ivon", tx)),
+  "chain_first": lambda tx: optax.chain(tx, optax.scale(1.0)),
+  "chain_last": lambda tx: optax.chain(optax.clip_by_global_norm(1.0), optax.scale(1.0), tx),
+  "inject_hyperparams": lambda tx: optax.inject_hyperparams(ivon_optax.ivon)(0.1, ESS),
+  "multi_steps": lambda tx: optax.MultiSteps(tx, every_k_schedule=2),
+  "apply_if_finite": lambda tx: optax.apply_if_finite(tx, 3),
+  "named_chain": lambda tx: optax.named_chain(("clip", optax.clip(1.0)), ("ivon", tx)),
 }
 
 
@@ -80,8 +81,9 @@ def test_unmanaged_leaves_get_zero_noise(container):
     tx = optax.masked(ivon_optax.ivon(0.1, ESS), {"kernel": True, "bias": False})
   else:
     tx = optax.partition(
-        {"ivon": ivon_optax.ivon(0.1, ESS), "frozen": optax.set_to_zero()},
-        {"kernel": "ivon", "bias": "frozen"})
+      {"ivon": ivon_optax.ivon(0.1, ESS), "frozen": optax.set_to_zero()},
+      {"kernel": "ivon", "bias": "frozen"},
+    )
   state = tx.init(params)
   sampled, noise = ivon_optax.sample_params(jax.random.key(0), state, params)
   chex.assert_trees_all_equal(noise["bias"], jnp.zeros(2))
@@ -110,7 +112,8 @@ def test_params_unlike_the_state_are_rejected():
     ivon_optax.sample_params(jax.random.key(0), state, {"kernel": jnp.ones((3, 2))})
   with pytest.raises(ValueError, match="`params`"):
     ivon_optax.sample_params(
-        jax.random.key(0), state, {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)})
+      jax.random.key(0), state, {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)}
+    )
 
 
 def test_typed_and_legacy_keys_are_accepted_and_deterministic():
@@ -123,13 +126,22 @@ def test_typed_and_legacy_keys_are_accepted_and_deterministic():
     chex.assert_trees_all_equal(first, again)
     assert not np.allclose(first["kernel"], other["kernel"])
   jitted = jax.jit(ivon_optax.sample_params)(jax.random.key(5), state, params)
-  chex.assert_trees_all_close(jitted[1], ivon_optax.sample_params(
-      jax.random.key(5), state, params)[1])
+  chex.assert_trees_all_close(
+    jitted[1], ivon_optax.sample_params(jax.random.key(5), state, params)[1]
+  )
 
 
-@pytest.mark.parametrize("bad_key", [
-    0, np.float32(1.0), jnp.zeros(3), jnp.zeros((2,), jnp.int32),
-    jax.random.split(jax.random.key(0), 4)], ids=["int", "float", "array", "int32", "batch"])
+@pytest.mark.parametrize(
+  "bad_key",
+  [
+    0,
+    np.float32(1.0),
+    jnp.zeros(3),
+    jnp.zeros((2,), jnp.int32),
+    jax.random.split(jax.random.key(0), 4),
+  ],
+  ids=["int", "float", "array", "int32", "batch"],
+)
 def test_non_keys_are_rejected(bad_key):
   params = _params()
   state = ivon_optax.ivon(0.1, ESS).init(params)
@@ -141,8 +153,7 @@ def test_vmap_over_keys_gives_independent_samples():
   params = _params()
   state = ivon_optax.ivon(0.1, ESS).init(params)
   keys = jax.random.split(jax.random.key(0), 8)
-  _, noise = jax.vmap(ivon_optax.sample_params, in_axes=(0, None, None))(
-      keys, state, params)
+  _, noise = jax.vmap(ivon_optax.sample_params, in_axes=(0, None, None))(keys, state, params)
   assert noise["kernel"].shape == (8, 3, 2)
   correlation = np.corrcoef(np.asarray(noise["kernel"]).reshape(8, -1))
   assert np.abs(correlation[np.triu_indices(8, 1)]).max() < 0.999

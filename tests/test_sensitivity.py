@@ -41,10 +41,12 @@ def test_prediction_variance_matches_explicit_jacobian(chunk_size):
   with jax.enable_x64(True):
     params = jax.tree.map(lambda x: x.astype(jnp.float64), small_mlp(jax.random.key(0)))
     std = jax.tree.map(
-        lambda p: jax.random.uniform(jax.random.key(1), p.shape, jnp.float64, 0.1, 1.0), params)
+      lambda p: jax.random.uniform(jax.random.key(1), p.shape, jnp.float64, 0.1, 1.0), params
+    )
     inputs = jax.random.normal(jax.random.key(2), (7, 3), jnp.float64)
-    outputs, variance = ivon_optax.prediction_variance(
-        common.mlp_apply, params, std, inputs, chunk_size=chunk_size)
+    outputs, variance = ivon_optax.sensitivity.prediction_variance(
+      common.mlp_apply, params, std, inputs, chunk_size=chunk_size
+    )
 
     flat, unravel = jax.flatten_util.ravel_pytree(params)
     sigma_squared = jax.flatten_util.ravel_pytree(std)[0] ** 2
@@ -58,17 +60,20 @@ def test_prediction_variance_compiles_once():
   params = small_mlp(jax.random.key(0))
   std = jax.tree.map(jnp.ones_like, params)
   inputs = jnp.ones((6, 3))
-  ivon_optax.prediction_variance(common.mlp_apply, params, std, inputs)
-  before = ivon_optax.prediction_variance._cache_size()
-  ivon_optax.prediction_variance(common.mlp_apply, jax.tree.map(lambda p: p + 1, params), std,
-                                 inputs + 1)
-  assert ivon_optax.prediction_variance._cache_size() == before
+  ivon_optax.sensitivity.prediction_variance(common.mlp_apply, params, std, inputs)
+  before = ivon_optax.sensitivity.prediction_variance._cache_size()
+  ivon_optax.sensitivity.prediction_variance(
+    common.mlp_apply, jax.tree.map(lambda p: p + 1, params), std, inputs + 1
+  )
+  assert ivon_optax.sensitivity.prediction_variance._cache_size() == before
 
 
 def test_prediction_variance_rejects_a_std_unlike_params():
   params = small_mlp(jax.random.key(0))
   with pytest.raises(ValueError, match="std"):
-    ivon_optax.prediction_variance(common.mlp_apply, params, [params[0]], jnp.ones((2, 3)))
+    ivon_optax.sensitivity.prediction_variance(
+      common.mlp_apply, params, [params[0]], jnp.ones((2, 3))
+    )
 
 
 def test_sampled_variance_does_not_depend_on_the_chunk_size():
@@ -76,23 +81,34 @@ def test_sampled_variance_does_not_depend_on_the_chunk_size():
   state = ivon_optax.ivon(0.1, ess=20.0).init(params)
   inputs = jax.random.normal(jax.random.key(1), (7, 3))
   whole, chunked = (
-      ivon_optax.sampled_prediction_variance(jax.random.key(2), common.mlp_apply, state, params,
-                                             inputs, num_samples=8, chunk_size=chunk_size)
-      for chunk_size in (256, 3))
+    ivon_optax.sensitivity.sampled_prediction_variance(
+      jax.random.key(2),
+      common.mlp_apply,
+      state,
+      params,
+      inputs,
+      num_samples=8,
+      chunk_size=chunk_size,
+    )
+    for chunk_size in (256, 3)
+  )
   chex.assert_trees_all_close(whole, chunked, rtol=1e-5)
 
 
 def test_masked_leaves_add_no_variance():
   params = small_mlp(jax.random.key(0))
   tx = optax.partition(
-      {"ivon": ivon_optax.ivon(0.1, ess=10.0), "frozen": optax.set_to_zero()},
-      [{"w": "ivon", "b": "frozen"}, {"w": "frozen", "b": "frozen"}])
+    {"ivon": ivon_optax.ivon(0.1, ess=10.0), "frozen": optax.set_to_zero()},
+    [{"w": "ivon", "b": "frozen"}, {"w": "frozen", "b": "frozen"}],
+  )
   state = tx.init(params)
   std = ivon_optax.posterior_std(state, params)
   inputs = jax.random.normal(jax.random.key(3), (4, 3))
-  _, variance = ivon_optax.prediction_variance(common.mlp_apply, params, std, inputs)
+  _, variance = ivon_optax.sensitivity.prediction_variance(common.mlp_apply, params, std, inputs)
   only_first = [std[0], jax.tree.map(jnp.zeros_like, params[1])]
-  _, expected = ivon_optax.prediction_variance(common.mlp_apply, params, only_first, inputs)
+  _, expected = ivon_optax.sensitivity.prediction_variance(
+    common.mlp_apply, params, only_first, inputs
+  )
   chex.assert_trees_all_close(variance, expected)
 
 
@@ -103,9 +119,10 @@ def test_sampled_variance_is_unbiased_for_linear_models():
   apply_fn = lambda p, x: x @ p["w"] + p["b"]
   inputs = jax.random.normal(jax.random.key(0), (5, 3))
   std = ivon_optax.posterior_std(state, params)
-  _, exact = ivon_optax.prediction_variance(apply_fn, params, std, inputs)
-  sampled = ivon_optax.sampled_prediction_variance(
-      jax.random.key(1), apply_fn, state, params, inputs, num_samples=4000)
+  _, exact = ivon_optax.sensitivity.prediction_variance(apply_fn, params, std, inputs)
+  sampled = ivon_optax.sensitivity.sampled_prediction_variance(
+    jax.random.key(1), apply_fn, state, params, inputs, num_samples=4000
+  )
   # relative standard error sqrt(2/3999) = 2.2%; 5 sigma
   chex.assert_trees_all_close(sampled, exact, rtol=0.12)
 
@@ -116,9 +133,10 @@ def test_sampled_variance_is_close_for_a_network_with_small_noise():
   state = ivon_state_with_hess(params, hess, ess=100.0, weight_decay=0.0)
   inputs = jax.random.normal(jax.random.key(1), (6, 3))
   std = ivon_optax.posterior_std(state, params)
-  _, linearized = ivon_optax.prediction_variance(common.mlp_apply, params, std, inputs)
-  sampled = ivon_optax.sampled_prediction_variance(
-      jax.random.key(2), common.mlp_apply, state, params, inputs, num_samples=2000)
+  _, linearized = ivon_optax.sensitivity.prediction_variance(common.mlp_apply, params, std, inputs)
+  sampled = ivon_optax.sensitivity.sampled_prediction_variance(
+    jax.random.key(2), common.mlp_apply, state, params, inputs, num_samples=2000
+  )
   chex.assert_trees_all_close(sampled, linearized, rtol=0.25)
 
 
@@ -132,39 +150,45 @@ def test_softmax_sensitivity_formulas(seed, num_classes):
   logits = rng.normal(size=(5, num_classes)).astype(np.float32) * 3
   labels = rng.integers(0, num_classes, 5)
   variance = rng.uniform(0, 2, size=(5, num_classes)).astype(np.float32)
-  result = ivon_optax.softmax_sensitivity(jnp.asarray(logits), jnp.asarray(labels),
-                                          jnp.asarray(variance))
+  result = ivon_optax.sensitivity.softmax_sensitivity(
+    jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(variance)
+  )
   probs = np.exp(logits - logits.max(-1, keepdims=True))
   probs /= probs.sum(-1, keepdims=True)
   error = probs - np.eye(num_classes)[labels]
   curvature = np.clip(probs * (1 - probs), 1e-10, 1 - 1e-10)
   chex.assert_trees_all_close(result.error, error, atol=1e-6)
   chex.assert_trees_all_close(result.change, variance * error, atol=1e-6)
-  chex.assert_trees_all_close(result.score, np.abs(curvature * error * variance).sum(-1),
-                              atol=1e-6)
+  chex.assert_trees_all_close(result.score, np.abs(curvature * error * variance).sum(-1), atol=1e-6)
   chex.assert_shape(result.score, (5,))
 
 
 def test_softmax_sensitivity_rejects_bad_shapes():
   with pytest.raises(ValueError, match="labels"):
-    ivon_optax.softmax_sensitivity(jnp.zeros((3, 2)), jnp.zeros(4, int), jnp.zeros((3, 2)))
+    ivon_optax.sensitivity.softmax_sensitivity(
+      jnp.zeros((3, 2)), jnp.zeros(4, int), jnp.zeros((3, 2))
+    )
   with pytest.raises(ValueError, match="variance"):
-    ivon_optax.softmax_sensitivity(jnp.zeros((3, 2)), jnp.zeros(3, int), jnp.zeros((3, 3)))
+    ivon_optax.sensitivity.softmax_sensitivity(
+      jnp.zeros((3, 2)), jnp.zeros(3, int), jnp.zeros((3, 3))
+    )
 
 
 def test_classification_sensitivity_rejects_bad_input():
   params = small_mlp(jax.random.key(0))
   state = ivon_optax.ivon(0.1, ess=10.0).init(params)
   with pytest.raises(ValueError, match="labels"):
-    ivon_optax.classification_sensitivity(
-        common.mlp_apply, state, params, jnp.ones((5, 3)), jnp.zeros(4, int))
+    ivon_optax.sensitivity.classification_sensitivity(
+      common.mlp_apply, state, params, jnp.ones((5, 3)), jnp.zeros(4, int)
+    )
   with pytest.raises(ValueError, match="chunk_size"):
-    ivon_optax.classification_sensitivity(
-        common.mlp_apply, state, params, jnp.ones((5, 3)), jnp.zeros(5, int), chunk_size=0)
+    ivon_optax.sensitivity.classification_sensitivity(
+      common.mlp_apply, state, params, jnp.ones((5, 3)), jnp.zeros(5, int), chunk_size=0
+    )
   with pytest.raises(ValueError, match="IVON state"):
-    ivon_optax.classification_sensitivity(
-        common.mlp_apply, optax.adam(0.1).init(params), params, jnp.ones((5, 3)),
-        jnp.zeros(5, int))
+    ivon_optax.sensitivity.classification_sensitivity(
+      common.mlp_apply, optax.adam(0.1).init(params), params, jnp.ones((5, 3)), jnp.zeros(5, int)
+    )
 
 
 def test_classification_sensitivity_with_a_flax_model():
@@ -173,10 +197,13 @@ def test_classification_sensitivity_with_a_flax_model():
   inputs = jax.random.normal(jax.random.key(0), (9, 4))
   params = model.init(jax.random.key(1), inputs)
   state = ivon_optax.ivon(0.1, ess=9.0).init(params)
-  result = ivon_optax.classification_sensitivity(
-      model.apply, state, params, inputs, jnp.arange(9) % 3, chunk_size=4)
+  result = ivon_optax.sensitivity.classification_sensitivity(
+    model.apply, state, params, inputs, jnp.arange(9) % 3, chunk_size=4
+  )
   std = ivon_optax.posterior_std(state, params)
-  _, variance = ivon_optax.prediction_variance(model.apply, params, std, inputs, chunk_size=9)
+  _, variance = ivon_optax.sensitivity.prediction_variance(
+    model.apply, params, std, inputs, chunk_size=9
+  )
   chex.assert_trees_all_close(result.variance, variance, rtol=1e-5)
   assert np.all(np.asarray(result.score) > 0)
 
@@ -194,10 +221,12 @@ def test_regression_sensitivity_is_the_first_order_exact_loo():
     params = {"w": mean}
     weight_decay = prior_precision / ess
     state = ivon_state_with_hess(
-        params, {"w": precision / ess - weight_decay}, ess=ess, weight_decay=weight_decay)
+      params, {"w": precision / ess - weight_decay}, ess=ess, weight_decay=weight_decay
+    )
     apply_fn = lambda p, x: x @ p["w"]
-    result = ivon_optax.regression_sensitivity(
-        apply_fn, state, params, inputs, targets, noise_variance=noise_variance)
+    result = ivon_optax.sensitivity.regression_sensitivity(
+      apply_fn, state, params, inputs, targets, noise_variance=noise_variance
+    )
 
     def loo_prediction(i):
       keep = jnp.arange(12) != i
@@ -213,7 +242,7 @@ def test_regression_sensitivity_is_the_first_order_exact_loo():
 
 def test_gaussian_sensitivity_rejects_mismatched_shapes():
   with pytest.raises(ValueError, match="same shape"):
-    ivon_optax.gaussian_sensitivity(jnp.zeros(3), jnp.zeros(4), jnp.zeros(3))
+    ivon_optax.sensitivity.gaussian_sensitivity(jnp.zeros(3), jnp.zeros(4), jnp.zeros(3))
 
 
 # --- retraining check ---------------------------------------------------------------
@@ -230,12 +259,15 @@ def logistic_regression():
   """IVON-trained multinomial logistic regression on 300 digits 0-4, and its sensitivities."""
   train, test = common.load_digits_splits([NUM_TRAIN, 500], seed=0, classes=range(NUM_CLASSES))
   params = common.init_mlp(jax.random.key(0), [64, NUM_CLASSES])
-  tx = ivon_optax.ivon(0.1, ess=float(NUM_TRAIN), hess_init=0.1, beta2=0.999,
-                       weight_decay=WEIGHT_DECAY)
-  params, state = common.train_ivon(jax.random.key(1), tx, params, train, num_steps=NUM_STEPS,
-                                    batch_size=64)
-  sensitivity = ivon_optax.classification_sensitivity(
-      common.mlp_apply, state, params, jnp.asarray(train.inputs), jnp.asarray(train.labels))
+  tx = ivon_optax.ivon(
+    0.1, ess=float(NUM_TRAIN), hess_init=0.1, beta2=0.999, weight_decay=WEIGHT_DECAY
+  )
+  params, state = common.train_ivon(
+    jax.random.key(1), tx, params, train, num_steps=NUM_STEPS, batch_size=64
+  )
+  sensitivity = ivon_optax.sensitivity.classification_sensitivity(
+    common.mlp_apply, state, params, jnp.asarray(train.inputs), jnp.asarray(train.labels)
+  )
   return train, test, params, sensitivity
 
 
@@ -284,14 +316,17 @@ def test_estimated_change_matches_retraining(logistic_regression):
     for row, removed in enumerate(removals):
       weights[row, removed] = 0.0
     true_change, group_change = retrain_and_measure(
-        trained, jnp.asarray(weights), inputs, labels, jnp.asarray(probed), test_inputs)
+      trained, jnp.asarray(weights), inputs, labels, jnp.asarray(probed), test_inputs
+    )
 
   rho = spearmanr(scores[probed], np.asarray(true_change)).statistic
   print(f"Spearman(estimated, retrained L1 change of p_i) over 30 examples: {rho:.3f}")
   assert rho >= 0.7
   group_change = np.asarray(group_change)
-  print(f"mean L1 change of test predictions: top-10 removed {group_change[0]:.4f}, "
-        f"10 random removed {np.round(group_change[1:], 4)}")
+  print(
+    f"mean L1 change of test predictions: top-10 removed {group_change[0]:.4f}, "
+    f"10 random removed {np.round(group_change[1:], 4)}"
+  )
   assert group_change[0] > group_change[1:].max()
 
 
@@ -313,13 +348,15 @@ def retrain_and_measure(trained, weights, inputs, labels, probed, test_inputs):
   """
   full = newton_retrain(jnp.ones(inputs.shape[0]), trained, inputs, labels, 10)
   retrained = jax.vmap(newton_retrain, (0, None, None, None, None))(
-      weights, full, inputs, labels, 3)
+    weights, full, inputs, labels, 3
+  )
   num_probed = probed.shape[0]
   single = jax.vmap(lambda theta, x: _probabilities(theta, x[None])[0])(
-      retrained[:num_probed], inputs[probed])
+    retrained[:num_probed], inputs[probed]
+  )
   true_change = jnp.abs(single - _probabilities(full, inputs[probed])).sum(-1)
   full_test = _probabilities(full, test_inputs)
   group_change = jax.vmap(
-      lambda theta: jnp.abs(_probabilities(theta, test_inputs) - full_test).sum(-1).mean())(
-          retrained[num_probed:])
+    lambda theta: jnp.abs(_probabilities(theta, test_inputs) - full_test).sum(-1).mean()
+  )(retrained[num_probed:])
   return true_change, group_change

@@ -65,7 +65,8 @@ def test_usable_as_scan_carry(params):
   looped, looped_state = params, tx.init(params)
   for index in range(4):
     looped, looped_state = train_step(
-        tx, looped, looped_state, keys[index], jax.tree.map(lambda x, i=index: x[i], batches))
+      tx, looped, looped_state, keys[index], jax.tree.map(lambda x, i=index: x[i], batches)
+    )
   chex.assert_trees_all_close(scanned, looped, rtol=1e-5, atol=1e-6)
   chex.assert_trees_all_close(scanned_state, looped_state, rtol=1e-5, atol=1e-6)
 
@@ -86,12 +87,18 @@ def test_inject_hyperparams_matches_and_can_change_hyperparameters(params):
   injected_next, injected_state = run(injected_tx, injected, steps=1, state=state)
   reference_tx = ivon_optax.ivon(new_values.pop("learning_rate"), hess_init=0.5, **new_values)
   expected, expected_state = run(
-      reference_tx, injected, steps=1, state=(ivon_state, optax.EmptyState()))
+    reference_tx, injected, steps=1, state=(ivon_state, optax.EmptyState())
+  )
   chex.assert_trees_all_close(injected_next, expected, rtol=1e-6, atol=1e-7)
   chex.assert_trees_all_close(
-      ivon_optax.find_ivon_state(injected_state), expected_state[0], rtol=1e-6)
-  unchanged, _ = run(ivon_optax.ivon(LR, ESS, hess_init=0.5), injected, steps=1,
-                     state=(ivon_state, optax.EmptyState()))
+    ivon_optax.find_ivon_state(injected_state), expected_state[0], rtol=1e-6
+  )
+  unchanged, _ = run(
+    ivon_optax.ivon(LR, ESS, hess_init=0.5),
+    injected,
+    steps=1,
+    state=(ivon_state, optax.EmptyState()),
+  )
   assert not np.allclose(injected_next["out"]["kernel"], unchanged["out"]["kernel"])
 
 
@@ -181,9 +188,18 @@ def test_weight_decay_mask_follows_gpt2_recipe(params):
   assert not np.allclose(updates["out"]["kernel"], expected["out"]["kernel"])
 
 
-@pytest.mark.parametrize("name,value", [
-    ("ess", 0.0), ("hess_init", 0.0), ("beta1", 1.5), ("beta2", -0.1),
-    ("weight_decay", -1.0), ("clip_radius", 0.0), ("learning_rate", -1.0)])
+@pytest.mark.parametrize(
+  "name,value",
+  [
+    ("ess", 0.0),
+    ("hess_init", 0.0),
+    ("beta1", 1.5),
+    ("beta2", -0.1),
+    ("weight_decay", -1.0),
+    ("clip_radius", 0.0),
+    ("learning_rate", -1.0),
+  ],
+)
 def test_rejects_invalid_hyperparameters(name, value):
   kwargs = dict(learning_rate=LR, ess=ESS)
   kwargs[name] = value
@@ -235,22 +251,24 @@ def test_low_precision_injected_hyperparameters_are_rejected():
 
 @hypothesis.settings(deadline=None, max_examples=40)
 @hypothesis.given(
-    log_scale=st.floats(-3.0, 1.0),
-    beta2=st.sampled_from([0.9, 0.999, 0.99999]),
-    weight_decay=st.sampled_from([0.0, 1e-6, 1e-4, 1e-1]),
-    hess_approx=st.sampled_from(["price", "gradsq"]),
-    dtype=st.sampled_from([jnp.float32, jnp.bfloat16]),
-    seed=st.integers(0, 2**16),
+  log_scale=st.floats(-3.0, 1.0),
+  beta2=st.sampled_from([0.9, 0.999, 0.99999]),
+  weight_decay=st.sampled_from([0.0, 1e-6, 1e-4, 1e-1]),
+  hess_approx=st.sampled_from(["price", "gradsq"]),
+  dtype=st.sampled_from([jnp.float32, jnp.bfloat16]),
+  seed=st.integers(0, 2**16),
 )
 def test_precision_stays_positive_under_extreme_gradients(
-    log_scale, beta2, weight_decay, hess_approx, dtype, seed):
+  log_scale, beta2, weight_decay, hess_approx, dtype, seed
+):
   """h + weight_decay > 0 after 300 steps of spiky, sign-flipping gradients.
 
   Gradient magnitudes span 10^(log_scale +- 2), so single steps move the
   Price estimate far below zero and the squared-gradient one far above h.
   """
   lowest_precision, precision = _spiky_run(
-      log_scale, beta2, weight_decay, seed, hess_approx=hess_approx, dtype=dtype)
+    log_scale, beta2, weight_decay, seed, hess_approx=hess_approx, dtype=dtype
+  )
   assert bool(jnp.all(lowest_precision > 0)), lowest_precision
   assert bool(jnp.all(jnp.isfinite(precision)))
 
@@ -259,8 +277,9 @@ def test_precision_stays_positive_under_extreme_gradients(
 def _spiky_run(log_scale, beta2, weight_decay, seed, *, hess_approx, dtype):
   """300 IVON steps on spiky gradients; hyperparameters traced, so one compile per dtype."""
   params = {"w": jnp.zeros((64,), dtype)}
-  tx = ivon_optax.ivon(0.1, 1e4, beta2=beta2, weight_decay=weight_decay,
-                       hess_init=0.5, hess_approx=hess_approx)
+  tx = ivon_optax.ivon(
+    0.1, 1e4, beta2=beta2, weight_decay=weight_decay, hess_init=0.5, hess_approx=hess_approx
+  )
 
   def body(state, step_key):
     sign_key, spike_key, sample_key = jax.random.split(step_key, 3)

@@ -1,4 +1,4 @@
-"""Tests of ivon_optax.validation: the leave-one-out formulas and their use during training."""
+"""Tests of ivon_optax.sensitivity: the leave-one-out formulas and their use during training."""
 
 import chex
 import jax
@@ -21,8 +21,9 @@ def test_loo_from_change_formula(seed, num_classes):
   logits = rng.normal(size=(6, num_classes)) * 2
   change = rng.normal(size=(6, num_classes))
   labels = rng.integers(0, num_classes, 6)
-  estimate = ivon_optax.loo_from_change(
-      jnp.asarray(logits, jnp.float32), jnp.asarray(labels), jnp.asarray(change, jnp.float32))
+  estimate = ivon_optax.sensitivity.loo_from_change(
+    jnp.asarray(logits, jnp.float32), jnp.asarray(labels), jnp.asarray(change, jnp.float32)
+  )
   perturbed = logits + change
   log_probs = perturbed - np.log(np.exp(perturbed).sum(-1, keepdims=True))
   chex.assert_trees_all_close(estimate.nll, -log_probs[np.arange(6), labels].mean(), rtol=1e-5)
@@ -31,16 +32,17 @@ def test_loo_from_change_formula(seed, num_classes):
 
 
 def test_loo_probabilities_are_clamped():
-  estimate = ivon_optax.loo_from_change(
-      jnp.array([[0.0, -1000.0]]), jnp.array([1]), jnp.zeros((1, 2)))
+  estimate = ivon_optax.sensitivity.loo_from_change(
+    jnp.array([[0.0, -1000.0]]), jnp.array([1]), jnp.zeros((1, 2))
+  )
   chex.assert_trees_all_close(estimate.nll, -np.log(1e-10), rtol=1e-6)
 
 
 def test_loo_from_change_rejects_bad_shapes():
   with pytest.raises(ValueError, match="change"):
-    ivon_optax.loo_from_change(jnp.zeros((3, 2)), jnp.zeros(3, int), jnp.zeros((3, 3)))
+    ivon_optax.sensitivity.loo_from_change(jnp.zeros((3, 2)), jnp.zeros(3, int), jnp.zeros((3, 3)))
   with pytest.raises(ValueError, match="labels"):
-    ivon_optax.loo_from_change(jnp.zeros((3, 2)), jnp.zeros(2, int), jnp.zeros((3, 2)))
+    ivon_optax.sensitivity.loo_from_change(jnp.zeros((3, 2)), jnp.zeros(2, int), jnp.zeros((3, 2)))
 
 
 def test_leave_one_out_is_the_sensitivity_change():
@@ -48,19 +50,23 @@ def test_leave_one_out_is_the_sensitivity_change():
   state = ivon_optax.ivon(0.1, ess=20.0, hess_init=0.3).init(params)
   inputs = jax.random.normal(jax.random.key(1), (20, 4))
   labels = jnp.arange(20) % 3
-  estimate = ivon_optax.leave_one_out(common.mlp_apply, state, params, inputs, labels)
-  sensitivity = ivon_optax.classification_sensitivity(
-      common.mlp_apply, state, params, inputs, labels)
+  estimate = ivon_optax.sensitivity.leave_one_out(common.mlp_apply, state, params, inputs, labels)
+  sensitivity = ivon_optax.sensitivity.classification_sensitivity(
+    common.mlp_apply, state, params, inputs, labels
+  )
   chex.assert_trees_all_close(
-      estimate, ivon_optax.loo_from_change(sensitivity.outputs, labels, sensitivity.change))
+    estimate,
+    ivon_optax.sensitivity.loo_from_change(sensitivity.outputs, labels, sensitivity.change),
+  )
   assert float(estimate.nll) > float(estimate.train_nll)
 
 
 def test_leave_one_out_rejects_a_state_without_ivon():
   params = common.init_mlp(jax.random.key(0), [4, 3])
   with pytest.raises(ValueError, match="IVON state"):
-    ivon_optax.leave_one_out(common.mlp_apply, optax.sgd(0.1).init(params), params,
-                             jnp.ones((5, 4)), jnp.zeros(5, int))
+    ivon_optax.sensitivity.leave_one_out(
+      common.mlp_apply, optax.sgd(0.1).init(params), params, jnp.ones((5, 4)), jnp.zeros(5, int)
+    )
 
 
 NUM_TRAIN = 300
@@ -71,10 +77,19 @@ def train_digits_with_loo(*, hess_init, beta2, num_epochs, learning_rate=0.3):
   params = common.init_mlp(jax.random.key(0), [64, 32, 10])
   steps_per_epoch = 10
   schedule = optax.cosine_decay_schedule(learning_rate, num_epochs * steps_per_epoch, 0.05)
-  tx = ivon_optax.ivon(schedule, ess=float(NUM_TRAIN), hess_init=hess_init, beta2=beta2,
-                       weight_decay=1e-3)
-  return common.train_with_loo(jax.random.key(1), tx, params, train, test, num_epochs=num_epochs,
-                               steps_per_epoch=steps_per_epoch, batch_size=32)[2]
+  tx = ivon_optax.ivon(
+    schedule, ess=float(NUM_TRAIN), hess_init=hess_init, beta2=beta2, weight_decay=1e-3
+  )
+  return common.train_with_loo(
+    jax.random.key(1),
+    tx,
+    params,
+    train,
+    test,
+    num_epochs=num_epochs,
+    steps_per_epoch=steps_per_epoch,
+    batch_size=32,
+  )[2]
 
 
 def test_loo_tracks_test_nll_across_epochs_and_stops_early_well():
@@ -82,9 +97,11 @@ def test_loo_tracks_test_nll_across_epochs_and_stops_early_well():
   correlation = np.corrcoef(log.loo_nll, log.test_nll)[0, 1]
   picked = int(np.argmin(log.loo_nll))
   best = float(log.test_nll.min())
-  print(f"corr(LOO NLL, test NLL) over 20 epochs: {correlation:.3f}; early stopping on LOO "
-        f"picks epoch {picked + 1} with test NLL {log.test_nll[picked]:.4f}, best {best:.4f} "
-        f"at epoch {int(np.argmin(log.test_nll)) + 1}")
+  print(
+    f"corr(LOO NLL, test NLL) over 20 epochs: {correlation:.3f}; early stopping on LOO "
+    f"picks epoch {picked + 1} with test NLL {log.test_nll[picked]:.4f}, best {best:.4f} "
+    f"at epoch {int(np.argmin(log.test_nll)) + 1}"
+  )
   assert correlation > 0.9
   assert log.test_nll[picked] <= best + 0.05
   # The estimate sits above the training NLL, as leaving data out must cost.
@@ -96,9 +113,11 @@ def test_hess_init_sets_the_scale_of_the_estimate():
   # sigma^2 and so the estimate are set by h0, not by the data.
   small = train_digits_with_loo(hess_init=0.01, beta2=0.99999, num_epochs=15)
   large = train_digits_with_loo(hess_init=1.0, beta2=0.99999, num_epochs=15)
-  print(f"h0=0.01: LOO {small.loo_nll[-1]:.3f} vs test {small.test_nll[-1]:.3f}; "
-        f"h0=1: LOO {large.loo_nll[-1]:.3f} vs test {large.test_nll[-1]:.3f} "
-        f"(train {large.train_nll[-1]:.3f})")
+  print(
+    f"h0=0.01: LOO {small.loo_nll[-1]:.3f} vs test {small.test_nll[-1]:.3f}; "
+    f"h0=1: LOO {large.loo_nll[-1]:.3f} vs test {large.test_nll[-1]:.3f} "
+    f"(train {large.train_nll[-1]:.3f})"
+  )
   assert small.loo_nll[-1] > 2.0 * small.test_nll[-1]  # sigma^2 too large: overshoots
   assert large.loo_nll[-1] < large.test_nll[-1]  # sigma^2 too small: near the train NLL
   assert large.loo_nll[-1] < 1.5 * large.train_nll[-1]

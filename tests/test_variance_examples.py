@@ -24,8 +24,9 @@ def check_png(path):
 
 def test_sensitivity_example(tmp_path):
   out = tmp_path / "grid.png"
-  summary = sensitivity.main(["--num-train", "120", "--steps", "60", "--show", "4",
-                              "--mc-samples", "4", "--out", str(out)])
+  summary = sensitivity.main(
+    ["--num-train", "120", "--steps", "60", "--show", "4", "--mc-samples", "4", "--out", str(out)]
+  )
   check_png(out)
   assert len(summary["top"]) == len(summary["bottom"]) == 4
   assert not set(summary["top"]) & set(summary["bottom"])
@@ -36,8 +37,20 @@ def test_sensitivity_example(tmp_path):
 
 def test_loo_validation_example(tmp_path):
   out = tmp_path / "curves.png"
-  summary = loo_validation.main(["--num-train", "100", "--epochs", "4", "--steps-per-epoch", "3",
-                                 "--pitfall-epochs", "1", "--out", str(out)])
+  summary = loo_validation.main(
+    [
+      "--num-train",
+      "100",
+      "--epochs",
+      "4",
+      "--steps-per-epoch",
+      "3",
+      "--pitfall-epochs",
+      "1",
+      "--out",
+      str(out),
+    ]
+  )
   check_png(out)
   assert 1 <= summary["picked_epoch"] <= 4 and 1 <= summary["best_epoch"] <= 4
   final = summary["final"]
@@ -48,11 +61,27 @@ def test_loo_validation_example(tmp_path):
 
 def test_merging_example(tmp_path):
   out = tmp_path / "table.md"
-  summary = merging.main(["--seeds", "0", "--base-steps", "20", "--task-steps", "20",
-                          "--scales", "1.0", "--out", str(out)])
+  summary = merging.main(
+    [
+      "--seeds",
+      "0",
+      "--base-steps",
+      "20",
+      "--task-steps",
+      "20",
+      "--scales",
+      "1.0",
+      "--out",
+      str(out),
+    ]
+  )
   table = out.read_text()
-  for row in ("| average |", "| uncertainty (alpha=1) |", "| task arithmetic (alpha=1) |",
-              "| AdamW: Fisher-weighted average |"):
+  for row in (
+    "| average |",
+    "| uncertainty (alpha=1) |",
+    "| task arithmetic (alpha=1) |",
+    "| AdamW: Fisher-weighted average |",
+  ):
     assert row in table
   nll = summary["results"][0].test_nll
   assert all(np.isfinite(value) and value > 0 for value in nll.values())

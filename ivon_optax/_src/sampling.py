@@ -14,9 +14,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ivon_optax import _trees
-from ivon_optax.noise import counter_normal
-from ivon_optax.transform import IVONState
+from ivon_optax._src import trees as _trees
+from ivon_optax._src.checks import check_key
+from ivon_optax._src.counter_normal import counter_normal
+from ivon_optax._src.transform import IVONState
 
 Sampler = Callable[[chex.PRNGKey, Any, Any], chex.Array]
 
@@ -28,34 +29,52 @@ def find_ivon_state(state: optax.OptState) -> IVONState:
     ValueError: if ``state`` holds no IVON state, or more than one.
   """
   found = [
-      node for node in jax.tree.leaves(state, is_leaf=lambda n: isinstance(n, IVONState))
-      if isinstance(node, IVONState)
+    node
+    for node in jax.tree.leaves(state, is_leaf=lambda n: isinstance(n, IVONState))
+    if isinstance(node, IVONState)
   ]
   if len(found) != 1:
     what = "no IVON state" if not found else f"{len(found)} IVON states"
     raise ValueError(
-        f"`state` holds {what}; pass the state of an optimizer that contains "
-        "exactly one ivon_optax.ivon / scale_by_ivon (tx.init(params)).")
+      f"`state` holds {what}; pass the state of an optimizer that contains "
+      "exactly one ivon_optax.ivon / scale_by_ivon (tx.init(params))."
+    )
   return found[0]
 
 
-def check_key(key: Any) -> None:
-  """Raises a ``TypeError`` unless ``key`` is one JAX PRNG key.
+def posterior_precision(state: optax.OptState, params: optax.Params) -> optax.Params:
+  r"""IVON's posterior precision :math:`\lambda (h + \delta) = 1/\sigma^2`, like ``params``.
 
-  Typed keys (``jax.random.key``) and legacy ``uint32`` keys
-  (``jax.random.PRNGKey``) are both accepted.
+  Leaves that IVON does not manage get precision 0 (no information).
+
+  Examples:
+    >>> import jax.numpy as jnp, ivon_optax
+    >>> params = {"w": jnp.zeros(2)}
+    >>> state = ivon_optax.ivon(0.1, ess=10.0, hess_init=0.5, weight_decay=0.0).init(params)
+    >>> ivon_optax.posterior_precision(state, params)["w"]
+    Array([5., 5.], dtype=float32)
+
+  Args:
+    state: an optax state containing exactly one :class:`ivon_optax.IVONState`.
+    params: the params that state was created for.
+
+  Returns:
+    A pytree like ``params``, in IVON's state dtype (float32 at least).
   """
-  if isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-    if key.shape == ():
-      return
-  elif (isinstance(key, (jax.Array, jax.core.Tracer)) and key.dtype == jnp.uint32
-        and key.ndim == 1 and key.shape[0] in (2, 4)):
-    return
-  raise TypeError(
-      f"`key` must be one JAX PRNG key, from jax.random.key(seed) or "
-      f"jax.random.PRNGKey(seed); got {type(key).__name__} with shape "
-      f"{jnp.shape(key)} and dtype {getattr(key, 'dtype', None)}. For several "
-      "samples split the key and jax.vmap over the keys.")
+  ivon_state = find_ivon_state(state)
+  fix = "Pass the params this optimizer state was created for."
+  _trees.check_like_params("params", params, ivon_state.hess, fix, like="the IVON state's buffers")
+  return jax.tree.map(
+    lambda h, d, p: (
+      jnp.zeros(jnp.shape(p), jnp.float32)
+      if _trees.is_masked(h)
+      else ivon_state.ess.astype(h.dtype) * (h + d)
+    ),
+    ivon_state.hess,
+    ivon_state.weight_decay,
+    params,
+    is_leaf=_trees.is_masked,
+  )
 
 
 def posterior_std(state: optax.OptState, params: optax.Params) -> optax.Params:
@@ -64,14 +83,13 @@ def posterior_std(state: optax.OptState, params: optax.Params) -> optax.Params:
   Leaves that IVON does not manage get 0. Each leaf has its param's shape and
   IVON's state dtype (float32 at least).
   """
-  ivon_state = find_ivon_state(state)
-  fix = "Pass the params this optimizer state was created for."
-  _trees.check_like_params(
-      "params", params, ivon_state.hess, fix, like="the IVON state's buffers")
+  precision = posterior_precision(state, params)
   return jax.tree.map(
-      lambda h, d, p: jnp.zeros(jnp.shape(p), jnp.float32) if _trees.is_masked(h)
-      else jax.lax.rsqrt(ivon_state.ess.astype(h.dtype) * (h + d)),
-      ivon_state.hess, ivon_state.weight_decay, params, is_leaf=_trees.is_masked)
+    lambda h, prec: prec if _trees.is_masked(h) else jax.lax.rsqrt(prec),
+    find_ivon_state(state).hess,
+    precision,
+    is_leaf=_trees.is_masked,
+  )
 
 
 def posterior(state: optax.OptState, params: optax.Params) -> tuple[optax.Params, optax.Params]:
@@ -83,11 +101,11 @@ def posterior(state: optax.OptState, params: optax.Params) -> tuple[optax.Params
 
 
 def sample_params(
-    key: chex.PRNGKey,
-    state: optax.OptState,
-    params: optax.Params,
-    *,
-    sampler: Sampler = counter_normal,
+  key: chex.PRNGKey,
+  state: optax.OptState,
+  params: optax.Params,
+  *,
+  sampler: Sampler = counter_normal,
 ) -> tuple[optax.Params, optax.Params]:
   r"""Draws one weight sample :math:`\theta = m + \sigma \odot \epsilon`, :math:`\epsilon \sim \mathcal{N}(0, I)`.
 
@@ -105,7 +123,7 @@ def sample_params(
     state: an optax state containing exactly one :class:`IVONState`.
     params: the mean parameters.
     sampler: draws standard normals, ``sampler(key, shape, dtype)``; by default
-      :func:`ivon_optax.noise.counter_normal`, a counter-based hash that is
+      :func:`ivon_optax._src.counter_normal.counter_normal`, a counter-based hash that is
       several times faster than ``jax.random.normal`` on CPU. Pass
       ``sampler=jax.random.normal`` for JAX's own generator.
 

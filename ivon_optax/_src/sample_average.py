@@ -24,7 +24,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ivon_optax import _trees
+from ivon_optax._src import trees as _trees
+from ivon_optax._src.checks import HessApprox
+from ivon_optax._src.checks import check_hess_approx
+from ivon_optax._src.checks import state_dtype
 
 
 class SampleAverage(NamedTuple):
@@ -36,21 +39,8 @@ class SampleAverage(NamedTuple):
   grads_squared: Any  # like params: mean of g_s**2 ('gradsq'), else ().
 
 
-def _check_hess_approx(hess_approx: str) -> None:
-  if hess_approx not in ("price", "gradsq"):
-    raise ValueError(
-        f"Invalid `hess_approx`={hess_approx!r}: use 'price' or 'gradsq', as "
-        "given to ivon_optax.ivon.")
-
-
-def _statistic_dtype(param, dtype: Any | None):
-  if dtype is not None:
-    return jnp.dtype(dtype)
-  return jnp.promote_types(jnp.result_type(param), jnp.float32)
-
-
 def init_sample_average(
-    params: optax.Params, hess_approx: str = "price", dtype: Any | None = None
+  params: optax.Params, hess_approx: HessApprox = "price", dtype: Any | None = None
 ) -> SampleAverage:
   """An empty :class:`SampleAverage` for ``params``.
 
@@ -64,20 +54,19 @@ def init_sample_average(
   Returns:
     A :class:`SampleAverage` with ``count = 0`` and zero means.
   """
-  _check_hess_approx(hess_approx)
+  check_hess_approx(hess_approx)
   zeros = lambda: _trees.map_unmasked(
-      lambda p: jnp.zeros(jnp.shape(p), _statistic_dtype(p, dtype)), params)
+    lambda p: jnp.zeros(jnp.shape(p), state_dtype(p, dtype)), params
+  )
   return SampleAverage(
-      count=jnp.zeros([], jnp.int32),
-      grads=zeros(),
-      noise_grads=zeros() if hess_approx == "price" else (),
-      grads_squared=zeros() if hess_approx == "gradsq" else (),
+    count=jnp.zeros([], jnp.int32),
+    grads=zeros(),
+    noise_grads=zeros() if hess_approx == "price" else (),
+    grads_squared=zeros() if hess_approx == "gradsq" else (),
   )
 
 
-def add_sample(
-    average: SampleAverage, grads: optax.Updates, noise: optax.Updates
-) -> SampleAverage:
+def add_sample(average: SampleAverage, grads: optax.Updates, noise: optax.Updates) -> SampleAverage:
   r"""Adds one sample's gradient to the running means.
 
   Each mean is updated as :math:`\mu \leftarrow \mu + (x - \mu) / n`.
@@ -107,19 +96,18 @@ def add_sample(
     return _trees.map_unmasked(running_mean, mean, values)
 
   return SampleAverage(
-      count=count,
-      grads=update(average.grads, lambda m, g, n: g),
-      noise_grads=update(
-          average.noise_grads, lambda m, g, n: n.astype(m.dtype) * g.astype(m.dtype)),
-      grads_squared=update(average.grads_squared, lambda m, g, n: jnp.square(g.astype(m.dtype))),
+    count=count,
+    grads=update(average.grads, lambda m, g, n: g),
+    noise_grads=update(average.noise_grads, lambda m, g, n: n.astype(m.dtype) * g.astype(m.dtype)),
+    grads_squared=update(average.grads_squared, lambda m, g, n: jnp.square(g.astype(m.dtype))),
   )
 
 
 def average_samples(
-    grads: optax.Updates,
-    noise: optax.Updates,
-    hess_approx: str = "price",
-    dtype: Any | None = None,
+  grads: optax.Updates,
+  noise: optax.Updates,
+  hess_approx: HessApprox = "price",
+  dtype: Any | None = None,
 ) -> SampleAverage:
   """The :class:`SampleAverage` of samples stacked on a leading axis.
 
@@ -147,25 +135,30 @@ def average_samples(
   Returns:
     A :class:`SampleAverage` with ``count = S``.
   """
-  _check_hess_approx(hess_approx)
+  check_hess_approx(hess_approx)
   _trees.check_like_params(
-      "noise", noise, grads, "Stack the noise of the same samples as the gradients.")
+    "noise", noise, grads, "Stack the noise of the same samples as the gradients."
+  )
   leaves = jax.tree.leaves(grads)
   if not leaves or any(jnp.ndim(g) == 0 for g in leaves):
     raise ValueError(
-        "`grads` must carry a leading sample axis (e.g. from jax.vmap over "
-        "keys); for one sample pass `noise=` to tx.update instead.")
+      "`grads` must carry a leading sample axis (e.g. from jax.vmap over "
+      "keys); for one sample pass `noise=` to tx.update instead."
+    )
   num_samples = jnp.shape(leaves[0])[0]
 
   def mean(statistic):
     return jax.tree.map(
-        lambda g, n: jnp.mean(statistic(g.astype(_statistic_dtype(g, dtype)),
-                                        n.astype(_statistic_dtype(g, dtype))), axis=0),
-        grads, noise)
+      lambda g, n: jnp.mean(
+        statistic(g.astype(state_dtype(g, dtype)), n.astype(state_dtype(g, dtype))), axis=0
+      ),
+      grads,
+      noise,
+    )
 
   return SampleAverage(
-      count=jnp.asarray(num_samples, jnp.int32),
-      grads=mean(lambda g, n: g),
-      noise_grads=mean(lambda g, n: n * g) if hess_approx == "price" else (),
-      grads_squared=mean(lambda g, n: g * g) if hess_approx == "gradsq" else (),
+    count=jnp.asarray(num_samples, jnp.int32),
+    grads=mean(lambda g, n: g),
+    noise_grads=mean(lambda g, n: n * g) if hess_approx == "price" else (),
+    grads_squared=mean(lambda g, n: g * g) if hess_approx == "gradsq" else (),
   )

@@ -24,10 +24,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ivon_optax import _trees
-from ivon_optax.samples import SampleAverage
-
-HESS_APPROXIMATIONS = ("price", "gradsq")
+from ivon_optax._src import checks
+from ivon_optax._src import trees as _trees
+from ivon_optax._src.checks import HessApprox
+from ivon_optax._src.checks import check_hess_approx
+from ivon_optax._src.sample_average import SampleAverage
 
 WeightDecayMask = Any | Callable[[optax.Params], Any] | None
 
@@ -40,18 +41,6 @@ class IVONState(NamedTuple):
   hess: optax.Updates  # like params, state dtype: Hessian estimate h.
   ess: chex.Array  # shape=(), state dtype: effective sample size lambda.
   weight_decay: optax.Updates  # one scalar per param leaf: delta (0 if masked).
-
-
-def state_dtype_for(param: chex.Array, state_dtype: Any | None) -> jnp.dtype:
-  """The dtype IVON keeps its buffers in for ``param``.
-
-  By default at least float32, so that bfloat16 params keep a float32 ``h``
-  that can absorb :math:`(1-\beta_2)`-sized increments; float64 params keep
-  float64 buffers.
-  """
-  if state_dtype is not None:
-    return jnp.dtype(state_dtype)
-  return jnp.promote_types(jnp.result_type(param), jnp.float32)
 
 
 # --- The update's formulas, one per line of Algorithm 1 ------------------------
@@ -84,9 +73,9 @@ def new_hess(hess, hess_estimate, beta2, weight_decay):
   """
   gap = hess - hess_estimate
   return (
-      beta2 * hess
-      + (1.0 - beta2) * hess_estimate
-      + (0.5 * (1.0 - beta2) ** 2) * gap * (gap / (hess + weight_decay))
+    beta2 * hess
+    + (1.0 - beta2) * hess_estimate
+    + (0.5 * (1.0 - beta2) ** 2) * gap * (gap / (hess + weight_decay))
   )
 
 
@@ -101,8 +90,9 @@ def preconditioned_step(momentum_hat, param, hess, weight_decay, clip_radius):
 
 def _is_concrete(value) -> bool:
   return isinstance(value, numbers.Real) or (
-      isinstance(value, (jax.Array,)) and not isinstance(value, jax.core.Tracer)
-      and jnp.ndim(value) == 0
+    isinstance(value, (jax.Array,))
+    and not isinstance(value, jax.core.Tracer)
+    and jnp.ndim(value) == 0
   )
 
 
@@ -112,13 +102,13 @@ def _check_hyperparameters(**hyperparameters) -> None:
   Arrays traced under ``jit`` or ``inject_hyperparams`` cannot be checked here.
   """
   rules = {
-      "learning_rate": (lambda v: v >= 0, "must be >= 0"),
-      "ess": (lambda v: v > 0, "must be > 0 (use the training-set size)"),
-      "hess_init": (lambda v: v > 0, "must be > 0 (typical: 0.01 to 1)"),
-      "beta1": (lambda v: 0 <= v <= 1, "must be in [0, 1]"),
-      "beta2": (lambda v: 0 <= v <= 1, "must be in [0, 1] (typical: 0.99999)"),
-      "weight_decay": (lambda v: v >= 0, "must be >= 0"),
-      "clip_radius": (lambda v: v > 0, "must be > 0 (float('inf') for no clipping)"),
+    "learning_rate": (lambda v: v >= 0, "must be >= 0"),
+    "ess": (lambda v: v > 0, "must be > 0 (use the training-set size)"),
+    "hess_init": (lambda v: v > 0, "must be > 0 (typical: 0.01 to 1)"),
+    "beta1": (lambda v: 0 <= v <= 1, "must be in [0, 1]"),
+    "beta2": (lambda v: 0 <= v <= 1, "must be in [0, 1] (typical: 0.99999)"),
+    "weight_decay": (lambda v: v >= 0, "must be >= 0"),
+    "clip_radius": (lambda v: v > 0, "must be > 0 (float('inf') for no clipping)"),
   }
   for name, value in hyperparameters.items():
     if not _is_concrete(value):
@@ -131,9 +121,9 @@ def _check_hyperparameters(**hyperparameters) -> None:
 def _check_hyperparameter_dtype(name: str, value) -> None:
   if jnp.result_type(value) in (jnp.bfloat16, jnp.float16):
     raise ValueError(
-        f"`{name}` arrived as {jnp.result_type(value)}, which rounds IVON's "
-        "hyperparameters (beta2=0.99999 becomes 1). Keep them in float32: "
-        "optax.inject_hyperparams(ivon_optax.ivon, hyperparam_dtype=jnp.float32)."
+      f"`{name}` arrived as {jnp.result_type(value)}, which rounds IVON's "
+      "hyperparameters (beta2=0.99999 becomes 1). Keep them in float32: "
+      "optax.inject_hyperparams(ivon_optax.ivon, hyperparam_dtype=jnp.float32)."
     )
 
 
@@ -143,21 +133,22 @@ def _leaf_weight_decay(weight_decay, mask: WeightDecayMask, params):
     return jax.tree.map(lambda _: weight_decay, params)
   mask_tree = mask(params) if callable(mask) else mask
   return jax.tree.map(
-      lambda m, p: jax.tree.map(lambda _: weight_decay if m else 0.0, p),
-      mask_tree, params,
-      is_leaf=lambda node: isinstance(node, bool),
+    lambda m, p: jax.tree.map(lambda _: weight_decay if m else 0.0, p),
+    mask_tree,
+    params,
+    is_leaf=lambda node: isinstance(node, bool),
   )
 
 
 def _missing_sample_message(hess_approx: str) -> str:
   statistic = "noise_grads" if hess_approx == "price" else "grads_squared"
   return (
-      "IVON's update needs the Monte-Carlo sample its gradient was taken at: "
-      "call `tx.update(grads, state, params, noise=noise)` with the `noise` "
-      "returned by `ivon_optax.sample_params(key, state, params)`, or, for "
-      "several samples, `tx.update(average.grads, state, params, samples=average)` "
-      f"with an `ivon_optax.SampleAverage` holding `{statistic}` "
-      f"(hess_approx={hess_approx!r})."
+    "IVON's update needs the Monte-Carlo sample its gradient was taken at: "
+    "call `tx.update(grads, state, params, noise=noise)` with the `noise` "
+    "returned by `ivon_optax.sample_params(key, state, params)`, or, for "
+    "several samples, `tx.update(average.grads, state, params, samples=average)` "
+    f"with an `ivon_optax.SampleAverage` holding `{statistic}` "
+    f"(hess_approx={hess_approx!r})."
   )
 
 
@@ -165,19 +156,19 @@ def _missing_sample_message(hess_approx: str) -> str:
 
 
 def scale_by_ivon(
-    ess: chex.Numeric,
-    hess_init: chex.Numeric = 1.0,
-    beta1: chex.Numeric = 0.9,
-    beta2: chex.Numeric = 0.99999,
-    weight_decay: chex.Numeric = 1e-4,
-    clip_radius: chex.Numeric = float("inf"),
-    hess_approx: str = "price",
-    debias: bool = True,
-    rescale_lr: bool = True,
-    *,
-    weight_decay_mask: WeightDecayMask = None,
-    state_dtype: Any | None = None,
-    axis_name: str | None = None,
+  ess: chex.Numeric,
+  *,
+  hess_init: chex.Numeric = 1.0,
+  beta1: chex.Numeric = 0.9,
+  beta2: chex.Numeric = 0.99999,
+  weight_decay: chex.Numeric = 1e-4,
+  clip_radius: chex.Numeric = float("inf"),
+  hess_approx: HessApprox = "price",
+  debias: bool = True,
+  rescale_lr: bool = True,
+  weight_decay_mask: WeightDecayMask = None,
+  state_dtype: Any | None = None,
+  axis_name: str | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""IVON's direction, everything but the learning rate.
 
@@ -227,28 +218,28 @@ def scale_by_ivon(
     ``params`` and ``noise=`` (one sample) or ``samples=`` (a
     :class:`ivon_optax.SampleAverage`).
   """
-  if hess_approx not in HESS_APPROXIMATIONS:
-    raise ValueError(
-        f"Invalid `hess_approx`={hess_approx!r}: use one of {HESS_APPROXIMATIONS}."
-    )
+  check_hess_approx(hess_approx)
   _check_hyperparameters(
-      ess=ess, hess_init=hess_init, beta1=beta1, beta2=beta2,
-      weight_decay=weight_decay, clip_radius=clip_radius,
+    ess=ess,
+    hess_init=hess_init,
+    beta1=beta1,
+    beta2=beta2,
+    weight_decay=weight_decay,
+    clip_radius=clip_radius,
   )
 
   def dtype_of(param):
-    return state_dtype_for(param, state_dtype)
+    return checks.state_dtype(param, state_dtype)
 
   def init_fn(params):
     leaf_decay = _leaf_weight_decay(weight_decay, weight_decay_mask, params)
     return IVONState(
-        count=jnp.zeros([], jnp.int32),
-        # `*_like` keeps each param's sharding: the buffers are laid out like the params.
-        momentum=jax.tree.map(lambda p: jnp.zeros_like(p, dtype_of(p)), params),
-        hess=jax.tree.map(lambda p: jnp.full_like(p, hess_init, dtype_of(p)), params),
-        ess=jnp.asarray(ess, jnp.promote_types(jnp.result_type(ess), jnp.float32)),
-        weight_decay=jax.tree.map(
-            lambda d, p: jnp.asarray(d, dtype_of(p)), leaf_decay, params),
+      count=jnp.zeros([], jnp.int32),
+      # `*_like` keeps each param's sharding: the buffers are laid out like the params.
+      momentum=jax.tree.map(lambda p: jnp.zeros_like(p, dtype_of(p)), params),
+      hess=jax.tree.map(lambda p: jnp.full_like(p, hess_init, dtype_of(p)), params),
+      ess=jnp.asarray(ess, jnp.promote_types(jnp.result_type(ess), jnp.float32)),
+      weight_decay=jax.tree.map(lambda d, p: jnp.asarray(d, dtype_of(p)), leaf_decay, params),
     )
 
   def update_fn(updates, state, params=None, *, noise=None, samples=None, **extra_args):
@@ -262,27 +253,28 @@ def scale_by_ivon(
 
     if samples is not None:
       if not isinstance(samples, SampleAverage):
-        raise TypeError(
-            f"`samples` must be an ivon_optax.SampleAverage, got {type(samples)}.")
+        raise TypeError(f"`samples` must be an ivon_optax.SampleAverage, got {type(samples)}.")
       hess_input = samples.noise_grads if hess_approx == "price" else samples.grads_squared
       if isinstance(hess_input, tuple) and not hess_input:
         raise ValueError(
-            f"`samples` holds no statistic for hess_approx={hess_approx!r}: "
-            f"build it with ivon_optax.init_sample_average(params, "
-            f"hess_approx={hess_approx!r}) or average_samples(..., "
-            f"hess_approx={hess_approx!r}).")
+          f"`samples` holds no statistic for hess_approx={hess_approx!r}: "
+          f"build it with ivon_optax.init_sample_average(params, "
+          f"hess_approx={hess_approx!r}) or average_samples(..., "
+          f"hess_approx={hess_approx!r})."
+        )
       _trees.check_like_params("samples", hess_input, params, fix)
     else:
       _trees.check_like_params("noise", noise, params, fix)
       hess_input = _trees.map_unmasked(
-          lambda g, n, h: _sample_hess_input(g, n, h.dtype, hess_approx),
-          updates, noise, state.hess)
+        lambda g, n, h: _sample_hess_input(g, n, h.dtype, hess_approx), updates, noise, state.hess
+      )
 
     # Masked positions are dropped here, whatever the caller passed there.
     hess_input = _trees.map_unmasked(lambda _, h: h, updates, hess_input)
     grads, hess_input = (
-        jax.tree.map(lambda x, h: x.astype(h.dtype), tree, state.hess)
-        for tree in (updates, hess_input))
+      jax.tree.map(lambda x, h: x.astype(h.dtype), tree, state.hess)
+      for tree in (updates, hess_input)
+    )
     if axis_name is not None:
       grads, hess_input = _mean_over_axis((grads, hess_input), axis_name)
 
@@ -291,27 +283,32 @@ def scale_by_ivon(
     momentum = optax.tree.update_moment(grads, state.momentum, beta1, 1)
     if hess_approx == "price":
       estimate = jax.tree.map(
-          lambda nxg, h, d: price_hess_estimate(nxg, h, d, ess),
-          hess_input, state.hess, decay)
+        lambda nxg, h, d: price_hess_estimate(nxg, h, d, ess), hess_input, state.hess, decay
+      )
     else:
       estimate = jax.tree.map(lambda gsq: gradsq_hess_estimate(gsq, ess), hess_input)
-    hess = jax.tree.map(
-        lambda h, e, d: new_hess(h, e, beta2, d), state.hess, estimate, decay)
+    hess = jax.tree.map(lambda h, e, d: new_hess(h, e, beta2, d), state.hess, estimate, decay)
     momentum_hat = _debiased(momentum, beta1, count) if debias else momentum
     direction = jax.tree.map(
-        lambda g, p, h, d: preconditioned_step(g, p.astype(h.dtype), h, d, clip_radius),
-        momentum_hat, params, hess, decay)
+      lambda g, p, h, d: preconditioned_step(g, p.astype(h.dtype), h, d, clip_radius),
+      momentum_hat,
+      params,
+      hess,
+      decay,
+    )
     if rescale_lr:
       direction = jax.tree.map(lambda u, d: (hess_init + d) * u, direction, decay)
 
     new_state = IVONState(
-        count=count,
-        momentum=momentum,
-        hess=hess,
-        ess=jnp.asarray(ess, state.ess.dtype),
-        weight_decay=jax.tree.map(
-            lambda d, old: jnp.asarray(d, old.dtype),
-            _leaf_weight_decay(weight_decay, weight_decay_mask, params), decay),
+      count=count,
+      momentum=momentum,
+      hess=hess,
+      ess=jnp.asarray(ess, state.ess.dtype),
+      weight_decay=jax.tree.map(
+        lambda d, old: jnp.asarray(d, old.dtype),
+        _leaf_weight_decay(weight_decay, weight_decay_mask, params),
+        decay,
+      ),
     )
     return optax.tree.cast_like(direction, params), new_state
 
@@ -327,7 +324,8 @@ def _sample_hess_input(grad, noise, dtype, hess_approx):
 def _debiased(momentum, beta1, count):
   """``momentum / (1 - beta1**count)``, the correction computed in the momentum's dtype."""
   return jax.tree.map(
-      lambda g: g / (1.0 - jnp.asarray(beta1, g.dtype) ** count.astype(g.dtype)), momentum)
+    lambda g: g / (1.0 - jnp.asarray(beta1, g.dtype) ** count.astype(g.dtype)), momentum
+  )
 
 
 def _mean_over_axis(trees, axis_name: str):
@@ -337,27 +335,27 @@ def _mean_over_axis(trees, axis_name: str):
     jax.lax.axis_size(axis_name)
   except NameError as error:
     raise ValueError(
-        f"`axis_name`={axis_name!r} is not a mapped axis here: call the update "
-        "inside shard_map/pmap over that mesh axis, or pass axis_name=None."
+      f"`axis_name`={axis_name!r} is not a mapped axis here: call the update "
+      "inside shard_map/pmap over that mesh axis, or pass axis_name=None."
     ) from error
   return jax.lax.pmean(trees, axis_name)
 
 
 def ivon(
-    learning_rate: optax.ScalarOrSchedule,
-    ess: chex.Numeric,
-    *,
-    hess_init: chex.Numeric = 1.0,
-    beta1: chex.Numeric = 0.9,
-    beta2: chex.Numeric = 0.99999,
-    weight_decay: chex.Numeric = 1e-4,
-    clip_radius: chex.Numeric = float("inf"),
-    hess_approx: str = "price",
-    debias: bool = True,
-    rescale_lr: bool = True,
-    weight_decay_mask: WeightDecayMask = None,
-    state_dtype: Any | None = None,
-    axis_name: str | None = None,
+  learning_rate: optax.ScalarOrSchedule,
+  ess: chex.Numeric,
+  *,
+  hess_init: chex.Numeric = 1.0,
+  beta1: chex.Numeric = 0.9,
+  beta2: chex.Numeric = 0.99999,
+  weight_decay: chex.Numeric = 1e-4,
+  clip_radius: chex.Numeric = float("inf"),
+  hess_approx: HessApprox = "price",
+  debias: bool = True,
+  rescale_lr: bool = True,
+  weight_decay_mask: WeightDecayMask = None,
+  state_dtype: Any | None = None,
+  axis_name: str | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""The IVON optimizer: variational learning at the cost of Adam.
 
@@ -402,9 +400,19 @@ def ivon(
   if not callable(learning_rate):
     _check_hyperparameters(learning_rate=learning_rate)
   return optax.chain(
-      scale_by_ivon(
-          ess, hess_init, beta1, beta2, weight_decay, clip_radius, hess_approx,
-          debias, rescale_lr, weight_decay_mask=weight_decay_mask,
-          state_dtype=state_dtype, axis_name=axis_name),
-      optax.scale_by_learning_rate(learning_rate),
+    scale_by_ivon(
+      ess,
+      hess_init=hess_init,
+      beta1=beta1,
+      beta2=beta2,
+      weight_decay=weight_decay,
+      clip_radius=clip_radius,
+      hess_approx=hess_approx,
+      debias=debias,
+      rescale_lr=rescale_lr,
+      weight_decay_mask=weight_decay_mask,
+      state_dtype=state_dtype,
+      axis_name=axis_name,
+    ),
+    optax.scale_by_learning_rate(learning_rate),
   )

@@ -35,8 +35,8 @@ def check_like_params(name: str, tree: Any, params: Any, fix: str, like: str = "
     leaves = treedef.flatten_up_to(tree)
   except (ValueError, TypeError) as error:
     raise ValueError(
-        f"`{name}` must have the same tree structure as {like}; got "
-        f"{jax.tree.structure(tree)}, expected {treedef}. {fix}"
+      f"`{name}` must have the same tree structure as {like}; got "
+      f"{jax.tree.structure(tree)}, expected {treedef}. {fix}"
     ) from error
   paths = jax.tree_util.tree_flatten_with_path(params, is_leaf=is_masked)[0]
   for (path, param), leaf in zip(paths, leaves):
@@ -44,9 +44,9 @@ def check_like_params(name: str, tree: Any, params: Any, fix: str, like: str = "
       continue
     if jax.numpy.shape(leaf) != jax.numpy.shape(param):
       raise ValueError(
-          f"`{name}` at {jax.tree_util.keystr(path)} has shape "
-          f"{jax.numpy.shape(leaf)} but {like} has shape "
-          f"{jax.numpy.shape(param)}. {fix}"
+        f"`{name}` at {jax.tree_util.keystr(path)} has shape "
+        f"{jax.numpy.shape(leaf)} but {like} has shape "
+        f"{jax.numpy.shape(param)}. {fix}"
       )
 
 
@@ -56,6 +56,7 @@ def map_unmasked(fn, tree: Any, *rest: Any) -> Any:
   ``rest`` may hold arrays, ``MaskedNode`` or ``None`` at the masked positions
   of ``tree``.
   """
+
   def apply(node, *others):
     return node if is_masked(node) else fn(node, *others)
 

@@ -39,6 +39,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from ivon_optax._src.checks import check_key
+
 _MAX_ELEMENTS = 2**32
 
 
@@ -52,7 +54,7 @@ def mix32(bits: chex.Array) -> chex.Array:
 
   Examples:
     >>> import jax.numpy as jnp
-    >>> from ivon_optax.noise import mix32
+    >>> from ivon_optax._src.counter_normal import mix32
     >>> mix32(jnp.arange(3, dtype=jnp.uint32)).dtype
     dtype('uint32')
   """
@@ -81,9 +83,20 @@ def counter_bits(seeds: chex.Array, shape: Sequence[int]) -> chex.Array:
 
 
 # Cephes' logf: log(1 + f) = f - f^2/2 + f^3 P(f) for f in [sqrt(1/2) - 1, sqrt(2) - 1).
-_LOG_POLY = tuple(np.float32(c) for c in (
-    7.0376836292e-2, -1.1514610310e-1, 1.1676998740e-1, -1.2420140846e-1, 1.4249322787e-1,
-    -1.6668057665e-1, 2.0000714765e-1, -2.4999993993e-1, 3.3333331174e-1))
+_LOG_POLY = tuple(
+  np.float32(c)
+  for c in (
+    7.0376836292e-2,
+    -1.1514610310e-1,
+    1.1676998740e-1,
+    -1.2420140846e-1,
+    1.4249322787e-1,
+    -1.6668057665e-1,
+    2.0000714765e-1,
+    -2.4999993993e-1,
+    3.3333331174e-1,
+  )
+)
 # log(2) split so that exponent * _LN2_HIGH is exact.
 _LN2_HIGH, _LN2_LOW = np.float32(0.693359375), np.float32(-2.12194440e-4)
 
@@ -99,7 +112,7 @@ def log_of_normal_float(y: chex.Array) -> chex.Array:
 
   Examples:
     >>> import jax.numpy as jnp
-    >>> from ivon_optax.noise import log_of_normal_float
+    >>> from ivon_optax._src.counter_normal import log_of_normal_float
     >>> round(float(log_of_normal_float(jnp.float32(0.5))), 6)
     -0.693147
   """
@@ -133,7 +146,7 @@ def cos_turns(turns: chex.Array) -> chex.Array:
 
   Examples:
     >>> import jax.numpy as jnp
-    >>> from ivon_optax.noise import cos_turns
+    >>> from ivon_optax._src.counter_normal import cos_turns
     >>> [round(float(c), 6) + 0.0 for c in cos_turns(jnp.array([0.0, 0.25, 0.5, 0.75]))]
     [1.0, 0.0, -1.0, 0.0]
   """
@@ -154,7 +167,7 @@ def open_unit_uniform(bits: chex.Array) -> chex.Array:
 
   Examples:
     >>> import jax.numpy as jnp
-    >>> from ivon_optax.noise import open_unit_uniform
+    >>> from ivon_optax._src.counter_normal import open_unit_uniform
     >>> float(open_unit_uniform(jnp.uint32(0))) == 2.0**-25
     True
   """
@@ -164,16 +177,12 @@ def open_unit_uniform(bits: chex.Array) -> chex.Array:
 
 
 def _seeds(key: chex.PRNGKey, count: int) -> chex.Array:
-  if not (isinstance(key, (jax.Array, jax.core.Tracer))
-          and (jnp.issubdtype(key.dtype, jax.dtypes.prng_key) or key.dtype == jnp.uint32)):
-    raise TypeError(
-        f"`key` must be a JAX PRNG key (jax.random.key(seed) or jax.random.PRNGKey(seed)); "
-        f"got {type(key).__name__} with dtype {getattr(key, 'dtype', None)}.")
+  check_key(key)
   return jax.random.bits(key, (count,), jnp.uint32)
 
 
 def counter_normal(
-    key: chex.PRNGKey, shape: Sequence[int] = (), dtype: Any = jnp.float32
+  key: chex.PRNGKey, shape: Sequence[int] = (), dtype: Any = jnp.float32
 ) -> chex.Array:
   r"""Standard normal draws, a deterministic function of ``key``, several times faster than ``jax.random.normal`` on CPU.
 
@@ -191,7 +200,7 @@ def counter_normal(
 
   Examples:
     >>> import jax, jax.numpy as jnp
-    >>> from ivon_optax.noise import counter_normal
+    >>> from ivon_optax._src.counter_normal import counter_normal
     >>> z = counter_normal(jax.random.key(0), (1000,))
     >>> z.shape, z.dtype
     ((1000,), dtype('float32'))
@@ -222,9 +231,10 @@ def counter_normal(
   dtype = jax.dtypes.canonicalize_dtype(dtype)
   if math.prod(shape) >= _MAX_ELEMENTS:
     raise ValueError(
-        f"`shape`={shape} has {math.prod(shape)} elements; counter_normal counts "
-        f"elements in uint32, so at most 2**32 - 1. Draw such a leaf in pieces, "
-        f"or pass sampler=jax.random.normal.")
+      f"`shape`={shape} has {math.prod(shape)} elements; counter_normal counts "
+      f"elements in uint32, so at most 2**32 - 1. Draw such a leaf in pieces, "
+      f"or pass sampler=jax.random.normal."
+    )
   if dtype == jnp.float64:
     seeds = _seeds(key, 4)
     # 52 bits, so that k + 1/2 is exact in float64.
@@ -237,8 +247,9 @@ def counter_normal(
   seeds = _seeds(key, 4)
   # XLA keeps the radius in a buffer of its own rather than recomputing its log and square
   # root for both draws of a pair (it does not fuse costly ops into a broadcast).
-  radius = jnp.sqrt(np.float32(-2.0) * log_of_normal_float(
-      open_unit_uniform(counter_bits(seeds[:2], (pairs,)))))
+  radius = jnp.sqrt(
+    np.float32(-2.0) * log_of_normal_float(open_unit_uniform(counter_bits(seeds[:2], (pairs,))))
+  )
   turns = open_unit_uniform(counter_bits(seeds[2:], (pairs,)))
   # Row 0: cos(2 pi v); row 1: cos(2 pi (v - 1/4)) = sin(2 pi v).
   normals = radius * cos_turns(turns - jnp.array([[0.0], [0.25]], jnp.float32))

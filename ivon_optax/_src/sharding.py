@@ -19,16 +19,17 @@ from typing import Any
 import jax
 import optax
 
-from ivon_optax import _trees
+from ivon_optax._src import trees as _trees
 
 
 def _param_sharding(param: Any) -> jax.sharding.Sharding:
   sharding = getattr(param, "sharding", None)
   if not isinstance(sharding, jax.sharding.Sharding):
     raise TypeError(
-        "Each leaf of `params` must carry a sharding: pass jax.Arrays placed "
-        "with jax.device_put(params, shardings), or jax.ShapeDtypeStruct(shape, "
-        f"dtype, sharding=...); got {type(param).__name__}.")
+      "Each leaf of `params` must carry a sharding: pass jax.Arrays placed "
+      "with jax.device_put(params, shardings), or jax.ShapeDtypeStruct(shape, "
+      f"dtype, sharding=...); got {type(param).__name__}."
+    )
   return sharding
 
 
@@ -39,8 +40,9 @@ def _replicated(sharding: jax.sharding.Sharding) -> jax.sharding.Sharding:
   if isinstance(sharding, jax.sharding.SingleDeviceSharding):
     return sharding
   raise TypeError(
-      "state_sharding needs params placed with a jax.sharding.NamedSharding (or "
-      f"on a single device); got {type(sharding).__name__}.")
+    "state_sharding needs params placed with a jax.sharding.NamedSharding (or "
+    f"on a single device); got {type(sharding).__name__}."
+  )
 
 
 def _map_param_like(state: Any, params: Any, on_params, on_other):
@@ -60,9 +62,11 @@ def _map_param_like(state: Any, params: Any, on_params, on_other):
     except (ValueError, TypeError):
       return False
     return all(
-        _trees.is_masked(leaf) or _trees.is_masked(param)
-        or getattr(leaf, "shape", None) == getattr(param, "shape", None)
-        for leaf, param in zip(leaves, param_leaves))
+      _trees.is_masked(leaf)
+      or _trees.is_masked(param)
+      or getattr(leaf, "shape", None) == getattr(param, "shape", None)
+      for leaf, param in zip(leaves, param_leaves)
+    )
 
   def visit(path, node):
     if is_param_like(node):
@@ -91,7 +95,7 @@ def state_sharding(state: optax.OptState, params: optax.Params) -> Any:
     >>> mesh = jax.make_mesh((1,), ("fsdp",))
     >>> params = jax.device_put({"w": jnp.ones((4, 2))}, NamedSharding(mesh, P("fsdp")))
     >>> tx = ivon_optax.ivon(0.1, ess=100.0)
-    >>> shardings = ivon_optax.state_sharding(jax.eval_shape(tx.init, params), params)
+    >>> shardings = ivon_optax.sharding.state_sharding(jax.eval_shape(tx.init, params), params)
     >>> shardings[0].hess["w"].spec, shardings[0].count.spec
     (P('fsdp',), P())
     >>> state = jax.jit(tx.init, out_shardings=shardings)(params)
@@ -108,11 +112,13 @@ def state_sharding(state: optax.OptState, params: optax.Params) -> Any:
     ``jax.device_put(state, ...)``.
   """
   shardings = jax.tree.map(
-      lambda p: p if _trees.is_masked(p) else _param_sharding(p), params,
-      is_leaf=_trees.is_masked)
+    lambda p: p if _trees.is_masked(p) else _param_sharding(p), params, is_leaf=_trees.is_masked
+  )
   sharding_leaves = [
-      leaf for leaf in jax.tree.leaves(shardings, is_leaf=_trees.is_masked)
-      if not _trees.is_masked(leaf)]
+    leaf
+    for leaf in jax.tree.leaves(shardings, is_leaf=_trees.is_masked)
+    if not _trees.is_masked(leaf)
+  ]
   if not sharding_leaves:
     raise ValueError("`params` holds no arrays to take shardings from.")
   replicated = _replicated(sharding_leaves[0])
@@ -121,9 +127,12 @@ def state_sharding(state: optax.OptState, params: optax.Params) -> Any:
   def like_params(node, path):
     del path
     leaves = treedef.flatten_up_to(node)
-    return treedef.unflatten([
+    return treedef.unflatten(
+      [
         leaf if _trees.is_masked(leaf) else sharding
-        for leaf, sharding in zip(leaves, treedef.flatten_up_to(shardings))])
+        for leaf, sharding in zip(leaves, treedef.flatten_up_to(shardings))
+      ]
+    )
 
   return _map_param_like(state, params, like_params, lambda node, path: replicated)
 
@@ -140,7 +149,7 @@ def check_state_sharding(state: optax.OptState, params: optax.Params) -> None:
     >>> import jax, jax.numpy as jnp, ivon_optax
     >>> params = {"w": jnp.ones(3)}
     >>> state = ivon_optax.ivon(0.1, ess=100.0).init(params)
-    >>> ivon_optax.check_state_sharding(state, params)  # no error: laid out alike
+    >>> ivon_optax.sharding.check_state_sharding(state, params)  # no error: laid out alike
 
   Args:
     state: an optax state of concrete ``jax.Array`` s.
@@ -153,8 +162,9 @@ def check_state_sharding(state: optax.OptState, params: optax.Params) -> None:
   treedef = jax.tree.structure(params, is_leaf=_trees.is_masked)
   param_leaves = treedef.flatten_up_to(params)
   param_paths = [
-      jax.tree_util.keystr(path)
-      for path, _ in jax.tree_util.tree_flatten_with_path(params, is_leaf=_trees.is_masked)[0]]
+    jax.tree_util.keystr(path)
+    for path, _ in jax.tree_util.tree_flatten_with_path(params, is_leaf=_trees.is_masked)[0]
+  ]
 
   def check(node, path):
     for leaf, param, param_path in zip(treedef.flatten_up_to(node), param_leaves, param_paths):
@@ -163,11 +173,12 @@ def check_state_sharding(state: optax.OptState, params: optax.Params) -> None:
       leaf_sharding, sharding = _param_sharding(leaf), _param_sharding(param)
       if not leaf_sharding.is_equivalent_to(sharding, param.ndim):
         raise ValueError(
-            f"The optimizer state at {jax.tree_util.keystr(path)}{param_path} is "
-            f"sharded as {_describe(leaf_sharding)}, but its param {param_path} is "
-            f"sharded as {_describe(sharding)}. Create the state from the placed "
-            "params (tx.init(params)), or place it with jax.device_put(state, "
-            "ivon_optax.state_sharding(state, params)).")
+          f"The optimizer state at {jax.tree_util.keystr(path)}{param_path} is "
+          f"sharded as {_describe(leaf_sharding)}, but its param {param_path} is "
+          f"sharded as {_describe(sharding)}. Create the state from the placed "
+          "params (tx.init(params)), or place it with jax.device_put(state, "
+          "ivon_optax.sharding.state_sharding(state, params))."
+        )
     return node
 
   _map_param_like(state, params, check, lambda node, path: node)

@@ -1,7 +1,7 @@
 r"""Validation without held-out data: the leave-one-out estimate from IVON's posterior.
 
 Removing training example :math:`i` moves its logits by about
-:math:`v_i \odot e_i` (see :mod:`ivon_optax.sensitivity`). Evaluating each
+:math:`v_i \odot e_i` (see :mod:`ivon_optax._src.sensitivity`). Evaluating each
 example at its own perturbed logits estimates leave-one-out
 cross-validation from one pass over the training data:
 
@@ -45,10 +45,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ivon_optax.sampling import posterior_std
-from ivon_optax.sensitivity import ApplyFn
-from ivon_optax.sensitivity import prediction_variance
-from ivon_optax.sensitivity import softmax_sensitivity
+from ivon_optax._src.sampling import posterior_std
+from ivon_optax._src.sensitivity import ApplyFn
+from ivon_optax._src.sensitivity import prediction_variance
+from ivon_optax._src.sensitivity import softmax_sensitivity
 
 
 class LOOEstimate(NamedTuple):
@@ -67,7 +67,7 @@ def _clamped_nll(logits: chex.Array, labels: chex.Array, eps: float) -> chex.Arr
 
 
 def loo_from_change(
-    logits: chex.Array, labels: chex.Array, change: chex.Array, *, eps: float = 1e-10
+  logits: chex.Array, labels: chex.Array, change: chex.Array, *, eps: float = 1e-10
 ) -> LOOEstimate:
   r"""Leave-one-out NLL and error from logits :math:`f_i` and their estimated change.
 
@@ -77,7 +77,7 @@ def loo_from_change(
   Examples:
     >>> import jax.numpy as jnp, ivon_optax
     >>> logits = jnp.array([[2.0, 0.0]])
-    >>> estimate = ivon_optax.loo_from_change(logits, jnp.array([0]), jnp.array([[-2.0, 1.0]]))
+    >>> estimate = ivon_optax.sensitivity.loo_from_change(logits, jnp.array([0]), jnp.array([[-2.0, 1.0]]))
     >>> float(estimate.error), float(estimate.train_error)  # flips only when left out
     (1.0, 0.0)
 
@@ -85,7 +85,7 @@ def loo_from_change(
     logits: ``(n, k)`` logits at the mean.
     labels: ``(n,)`` integer labels.
     change: ``(n, k)`` estimated change :math:`\Delta f_i = v_i \odot e_i`
-      (:attr:`ivon_optax.Sensitivity.change`).
+      (:attr:`ivon_optax.sensitivity.Sensitivity.change`).
     eps: the floor on the probabilities inside the log.
 
   Returns:
@@ -93,34 +93,37 @@ def loo_from_change(
   """
   if jnp.ndim(logits) != 2 or jnp.shape(change) != jnp.shape(logits):
     raise ValueError(
-        f"`logits` must have shape (n, classes) and `change` the same shape; got "
-        f"{jnp.shape(logits)} and {jnp.shape(change)}.")
+      f"`logits` must have shape (n, classes) and `change` the same shape; got "
+      f"{jnp.shape(logits)} and {jnp.shape(change)}."
+    )
   if jnp.shape(labels) != jnp.shape(logits)[:1]:
-    raise ValueError(f"`labels` must have shape ({jnp.shape(logits)[0]},); got {jnp.shape(labels)}.")
+    raise ValueError(
+      f"`labels` must have shape ({jnp.shape(logits)[0]},); got {jnp.shape(labels)}."
+    )
   perturbed = logits + change
   return LOOEstimate(
-      nll=jnp.mean(_clamped_nll(perturbed, labels, eps)),
-      error=jnp.mean(jnp.argmax(perturbed, axis=-1) != labels),
-      train_nll=jnp.mean(_clamped_nll(logits, labels, eps)),
-      train_error=jnp.mean(jnp.argmax(logits, axis=-1) != labels),
+    nll=jnp.mean(_clamped_nll(perturbed, labels, eps)),
+    error=jnp.mean(jnp.argmax(perturbed, axis=-1) != labels),
+    train_nll=jnp.mean(_clamped_nll(logits, labels, eps)),
+    train_error=jnp.mean(jnp.argmax(logits, axis=-1) != labels),
   )
 
 
 @functools.partial(jax.jit, static_argnames=("apply_fn", "chunk_size"))
 def leave_one_out(
-    apply_fn: ApplyFn,
-    state: optax.OptState,
-    params: optax.Params,
-    inputs: Any,
-    labels: chex.Array,
-    *,
-    chunk_size: int = 32,
-    eps: float = 1e-10,
+  apply_fn: ApplyFn,
+  state: optax.OptState,
+  params: optax.Params,
+  inputs: Any,
+  labels: chex.Array,
+  *,
+  chunk_size: int = 32,
+  eps: float = 1e-10,
 ) -> LOOEstimate:
   r"""Leave-one-out NLL and error of a classifier, from its IVON posterior and training data.
 
   One jitted pass over the training data: logits and prediction variances
-  (:func:`ivon_optax.prediction_variance`, :math:`\sigma` from the state),
+  (:func:`ivon_optax.sensitivity.prediction_variance`, :math:`\sigma` from the state),
   then :func:`loo_from_change` with :math:`\Delta f_i = v_i \odot e_i`.
   Call it after every epoch to track generalization or to stop early; it
   compiles once for a given ``apply_fn`` object and input shapes.
@@ -132,7 +135,7 @@ def leave_one_out(
     >>> inputs = jax.random.normal(jax.random.key(0), (30, 4))
     >>> labels = jnp.arange(30) % 3
     >>> apply_fn = lambda p, x: x @ p["w"]
-    >>> estimate = ivon_optax.leave_one_out(apply_fn, state, params, inputs, labels)
+    >>> estimate = ivon_optax.sensitivity.leave_one_out(apply_fn, state, params, inputs, labels)
     >>> bool(estimate.nll > estimate.train_nll)  # leaving out never helps here
     True
 
@@ -141,7 +144,7 @@ def leave_one_out(
       best = float("inf")
       for epoch in range(num_epochs):
         params, state = train_one_epoch(params, state)
-        estimate = ivon_optax.leave_one_out(apply_fn, state, params, x_train, y_train)
+        estimate = ivon_optax.sensitivity.leave_one_out(apply_fn, state, params, x_train, y_train)
         if estimate.nll < best:
           best, best_params = estimate.nll, params
 

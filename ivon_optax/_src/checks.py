@@ -1,0 +1,56 @@
+"""Argument rules shared across the package: the Hessian estimators, the state dtype, PRNG keys."""
+
+from typing import Any
+from typing import Literal
+from typing import get_args
+
+import jax
+import jax.numpy as jnp
+
+HessApprox = Literal["price", "gradsq"]
+HESS_APPROXIMATIONS: tuple[str, ...] = get_args(HessApprox)
+
+
+def check_hess_approx(hess_approx: Any) -> None:
+  """Raises a ``ValueError`` unless ``hess_approx`` names one of IVON's Hessian estimators."""
+  if hess_approx not in HESS_APPROXIMATIONS:
+    raise ValueError(
+      f"Invalid `hess_approx`={hess_approx!r}: use one of {HESS_APPROXIMATIONS}, "
+      "as given to ivon_optax.ivon."
+    )
+
+
+def state_dtype(param: Any, dtype: Any | None = None) -> jnp.dtype:
+  r"""The dtype IVON keeps its buffers and sample averages in for ``param``.
+
+  ``dtype`` if given; otherwise the param's dtype promoted to at least float32,
+  so that bfloat16 params keep a float32 :math:`h` that can absorb
+  :math:`(1-\beta_2)`-sized increments, and float64 params keep float64.
+  """
+  if dtype is not None:
+    return jnp.dtype(dtype)
+  return jnp.promote_types(jnp.result_type(param), jnp.float32)
+
+
+def check_key(key: Any) -> None:
+  """Raises a ``TypeError`` unless ``key`` is one JAX PRNG key.
+
+  Typed keys (``jax.random.key``) and legacy ``uint32`` keys
+  (``jax.random.PRNGKey``) are both accepted.
+  """
+  if isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+    if key.shape == ():
+      return
+  elif (
+    isinstance(key, (jax.Array, jax.core.Tracer))
+    and key.dtype == jnp.uint32
+    and key.ndim == 1
+    and key.shape[0] in (2, 4)
+  ):
+    return
+  raise TypeError(
+    f"`key` must be one JAX PRNG key, from jax.random.key(seed) or "
+    f"jax.random.PRNGKey(seed); got {type(key).__name__} with shape "
+    f"{jnp.shape(key)} and dtype {getattr(key, 'dtype', None)}. For several "
+    "samples split the key and jax.vmap over the keys."
+  )

@@ -1,0 +1,314 @@
+r"""IVON with Flax: a Linen train state, and NNX weight sampling.
+
+This module imports Flax; ``import ivon_optax`` does not import it. Each IVON
+step takes the gradient at a weight sample :math:`\theta = m + \text{noise}`
+and passes ``noise`` to the optimizer, which updates the mean :math:`m`.
+
+**Linen.** Flax's ``TrainState.apply_gradients`` does not pass ``noise`` on to
+``tx.update``; :class:`TrainState` does, keeps the model's other variable
+collections (BatchNorm's ``batch_stats``) beside the params, and samples::
+
+  @jax.jit
+  def train_step(state, key, x, y):
+    sampled, noise = state.sample_params(key)
+    def loss_fn(params):
+      logits, updates = state.apply_fn(
+          state.variables(params), x, train=True, mutable=["batch_stats"])
+      return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), updates
+    grads, updates = jax.grad(loss_fn, has_aux=True)(sampled)
+    return state.apply_gradients(grads=grads, noise=noise, collections=updates)
+
+**NNX.** ``nnx.Optimizer.update(model, grads, **kwargs)`` passes ``noise`` on;
+:func:`sample_nnx_model` gives the model at a weight sample, sharing every
+other variable (BatchNorm statistics, RNG counts) with ``model``::
+
+  @nnx.jit
+  def train_step(model, optimizer, key, x, y):
+    sampled_model, noise = ivon_optax.flax.sample_nnx_model(key, optimizer, model)
+    grads = nnx.grad(loss_fn)(sampled_model, x, y)  # BatchNorm stats update in `model`
+    optimizer.update(model, grads, noise=noise)     # the step moves the mean
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+import chex
+import optax
+from flax import core
+from flax import nnx
+from flax import struct
+from flax.training import train_state
+
+from ivon_optax._src import predict
+from ivon_optax._src import sampling
+
+# --- Linen ---------------------------------------------------------------------
+
+
+def _linen_variables(params: Any, collections: Any) -> dict:
+  if "params" in collections:
+    raise ValueError(
+      "`collections` must hold the model's variables other than 'params' (e.g. "
+      "{'batch_stats': ...}); pass the params separately."
+    )
+  return {"params": params, **collections}
+
+
+def sample_linen_outputs(
+  key: chex.PRNGKey,
+  apply_fn: Callable[..., Any],
+  state: optax.OptState,
+  variables: Any,
+  *inputs: Any,
+  num_samples: int,
+  batch_size: int | None = None,
+  **apply_kwargs: Any,
+) -> Any:
+  """A Linen model's outputs at ``num_samples`` weight samples, stacked on a leading axis.
+
+  Only ``variables['params']`` is sampled; the other collections (e.g.
+  ``batch_stats``) are passed through unchanged. See
+  :func:`ivon_optax.predict.sample_outputs`.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, flax.linen as nn, ivon_optax, ivon_optax.flax
+    >>> model = nn.Sequential([nn.Dense(4), nn.BatchNorm(use_running_average=True)])
+    >>> x = jnp.ones((5, 3))
+    >>> variables = model.init(jax.random.key(0), x)
+    >>> state = ivon_optax.ivon(0.1, ess=100.0).init(variables["params"])
+    >>> ivon_optax.flax.sample_linen_outputs(
+    ...     jax.random.key(1), model.apply, state, variables, x, num_samples=3).shape
+    (3, 5, 4)
+
+  Args:
+    key: a JAX PRNG key.
+    apply_fn: a Linen ``model.apply``.
+    state: the optax state of the optimizer of ``variables['params']``.
+    variables: the model's variables, ``{'params': ..., 'batch_stats': ...}``.
+    *inputs: positional inputs of the model.
+    num_samples: the number of weight samples.
+    batch_size: how many samples to evaluate at once (``None``: all).
+    **apply_kwargs: keyword arguments of ``apply_fn``, e.g. ``train=False``.
+
+  Returns:
+    The model's output with a leading sample axis.
+  """
+  if "params" not in variables:
+    raise ValueError(
+      "`variables` must be a Linen variables dict with a 'params' collection, as "
+      "model.init returns it."
+    )
+  collections = {name: value for name, value in variables.items() if name != "params"}
+  return predict.sample_outputs(
+    key,
+    lambda params, *xs: apply_fn(_linen_variables(params, collections), *xs, **apply_kwargs),
+    state,
+    variables["params"],
+    *inputs,
+    num_samples=num_samples,
+    batch_size=batch_size,
+  )
+
+
+class TrainState(train_state.TrainState):
+  """A Linen ``TrainState`` for IVON: samples weights and passes the sample's noise to ``tx``.
+
+  Fields beyond Flax's ``TrainState``: ``collections``, the model's variable
+  collections other than ``params`` (e.g. ``{'batch_stats': ...}``), which
+  ``apply_gradients(..., collections=...)`` replaces after a training step.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, optax, flax.linen as nn, ivon_optax, ivon_optax.flax
+    >>> model = nn.Dense(2)
+    >>> x, y = jnp.ones((4, 3)), jnp.zeros(4, jnp.int32)
+    >>> state = ivon_optax.flax.TrainState.create(
+    ...     apply_fn=model.apply, params=model.init(jax.random.key(0), x)["params"],
+    ...     tx=ivon_optax.ivon(0.1, ess=4.0))
+    >>> @jax.jit
+    ... def train_step(state, key):
+    ...   sampled, noise = state.sample_params(key)
+    ...   loss = lambda p: optax.softmax_cross_entropy_with_integer_labels(
+    ...       state.apply_fn(state.variables(p), x), y).mean()
+    ...   return state.apply_gradients(grads=jax.grad(loss)(sampled), noise=noise)
+    >>> state = train_step(state, jax.random.key(1))
+    >>> int(state.step)
+    1
+  """
+
+  collections: core.FrozenDict[str, Any] = struct.field(pytree_node=True, default_factory=dict)
+
+  def variables(self, params: Any | None = None) -> dict:
+    """The Linen variables ``{'params': params, **collections}``; ``params`` defaults to the mean."""
+    return _linen_variables(self.params if params is None else params, self.collections)
+
+  def sample_params(self, key: chex.PRNGKey) -> tuple[Any, Any]:
+    """One weight sample ``(sampled_params, noise)``, as :func:`ivon_optax.sample_params`."""
+    return sampling.sample_params(key, self.opt_state, self.params)
+
+  def posterior(self) -> tuple[Any, Any]:
+    """The posterior ``(mean, std)`` of the params, as :func:`ivon_optax.posterior`."""
+    return sampling.posterior(self.opt_state, self.params)
+
+  def apply_gradients(self, *, grads, noise=None, samples=None, **kwargs):
+    """One IVON step: ``step + 1``, the mean moved by ``tx.update(grads, ..., noise=noise)``.
+
+    Args:
+      grads: the loss gradient at the weight sample, like ``params``.
+      noise: the noise of that sample, from :meth:`sample_params`.
+      samples: for several samples per step, a :class:`ivon_optax.SampleAverage`
+        instead of ``noise`` (and its ``grads`` as ``grads``).
+      **kwargs: fields to replace, e.g. ``collections=`` the updated
+        ``batch_stats``.
+
+    Returns:
+      The updated state.
+    """
+    if isinstance(grads, dict) and train_state.OVERWRITE_WITH_GRADIENT in grads:
+      raise ValueError(
+        f"ivon_optax.flax.TrainState does not support the "
+        f"{train_state.OVERWRITE_WITH_GRADIENT!r} collection: keep IVON's params "
+        "in `params` and other collections in `collections`."
+      )
+    updates, opt_state = self.tx.update(
+      grads, self.opt_state, self.params, noise=noise, samples=samples
+    )
+    return self.replace(
+      step=self.step + 1,
+      params=optax.apply_updates(self.params, updates),
+      opt_state=opt_state,
+      **kwargs,
+    )
+
+  def sample_outputs(
+    self,
+    key: chex.PRNGKey,
+    *inputs: Any,
+    num_samples: int,
+    batch_size: int | None = None,
+    **apply_kwargs: Any,
+  ) -> Any:
+    """The model's outputs at ``num_samples`` weight samples, stacked; see :func:`sample_linen_outputs`."""
+    return sample_linen_outputs(
+      key,
+      self.apply_fn,
+      self.opt_state,
+      self.variables(),
+      *inputs,
+      num_samples=num_samples,
+      batch_size=batch_size,
+      **apply_kwargs,
+    )
+
+
+# --- NNX -----------------------------------------------------------------------
+
+
+def nnx_params_and_state(optimizer: nnx.Optimizer, model: nnx.Module) -> tuple[Any, Any]:
+  """The plain-array ``(params, opt_state)`` of an NNX model and its optimizer.
+
+  ``params`` are the variables ``optimizer.wrt`` selects; both trees are as
+  ``nnx.Optimizer.update`` passes them to ``tx``, so the functions of
+  :mod:`ivon_optax` accept them (``ivon_optax.posterior(opt_state, params)``).
+
+  Examples:
+    >>> import jax, flax.nnx as nnx, ivon_optax, ivon_optax.flax
+    >>> model = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
+    >>> optimizer = nnx.Optimizer(model, ivon_optax.ivon(0.1, ess=100.0), wrt=nnx.Param)
+    >>> params, opt_state = ivon_optax.flax.nnx_params_and_state(optimizer, model)
+    >>> mean, std = ivon_optax.posterior(opt_state, params)
+    >>> float(std["kernel"][0, 0])  # 1 / sqrt(ess * (hess_init + weight_decay))
+    0.0999...
+  """
+  params = nnx.as_pure(nnx.state(model, optimizer.wrt, graph=optimizer.graph))
+  return params, nnx.as_pure(optimizer.opt_state)
+
+
+def sample_nnx_params(
+  key: chex.PRNGKey, optimizer: nnx.Optimizer, model: nnx.Module
+) -> tuple[Any, Any]:
+  """One weight sample of an NNX model, ``(sampled, noise)``, as plain-array ``nnx.State``.
+
+  The sampled variables are those ``optimizer.wrt`` selects; ``noise`` goes
+  to ``optimizer.update(model, grads, noise=noise)``. See
+  :func:`ivon_optax.sample_params`.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, flax.nnx as nnx, ivon_optax, ivon_optax.flax
+    >>> model = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
+    >>> optimizer = nnx.Optimizer(model, ivon_optax.ivon(0.1, ess=100.0), wrt=nnx.Param)
+    >>> sampled, noise = ivon_optax.flax.sample_nnx_params(jax.random.key(1), optimizer, model)
+    >>> bool(jnp.allclose(sampled["kernel"], model.kernel[...] + noise["kernel"]))
+    True
+  """
+  params, opt_state = nnx_params_and_state(optimizer, model)
+  return sampling.sample_params(key, opt_state, params)
+
+
+def sample_nnx_model(
+  key: chex.PRNGKey, optimizer: nnx.Optimizer, model: nnx.Module
+) -> tuple[nnx.Module, Any]:
+  """``model`` at one weight sample, and the sample's noise.
+
+  The returned module holds sampled values of the variables ``optimizer.wrt``
+  selects and shares every other variable with ``model``: BatchNorm
+  statistics or RNG counts it updates are ``model``'s. Take the gradient with
+  respect to it, then step the mean with ``optimizer.update(model, grads,
+  noise=noise)``.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, optax, flax.nnx as nnx, ivon_optax, ivon_optax.flax
+    >>> model = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
+    >>> optimizer = nnx.Optimizer(model, ivon_optax.ivon(0.1, ess=4.0), wrt=nnx.Param)
+    >>> x, y = jnp.ones((4, 3)), jnp.zeros(4, jnp.int32)
+    >>> loss_fn = lambda model: optax.softmax_cross_entropy_with_integer_labels(
+    ...     model(x), y).mean()
+    >>> @nnx.jit
+    ... def train_step(model, optimizer, key):
+    ...   sampled_model, noise = ivon_optax.flax.sample_nnx_model(key, optimizer, model)
+    ...   grads = nnx.grad(loss_fn)(sampled_model)
+    ...   optimizer.update(model, grads, noise=noise)
+    >>> train_step(model, optimizer, jax.random.key(1))
+    >>> int(optimizer.step[...])
+    1
+
+  Returns:
+    ``(sampled_model, noise)``.
+  """
+  sampled, noise = sample_nnx_params(key, optimizer, model)
+  graphdef, _, rest = nnx.split(model, optimizer.wrt, ..., graph=optimizer.graph)
+  return nnx.merge(graphdef, sampled, rest), noise
+
+
+def sample_nnx_outputs(
+  key: chex.PRNGKey,
+  optimizer: nnx.Optimizer,
+  model: nnx.Module,
+  *inputs: Any,
+  num_samples: int,
+  batch_size: int | None = None,
+) -> Any:
+  """An NNX model's outputs at ``num_samples`` weight samples, stacked on a leading axis.
+
+  Only the variables ``optimizer.wrt`` selects are sampled. Pass the model in
+  evaluation mode (``nnx.view(model, use_running_average=True,
+  deterministic=True)`` or ``model.eval()``): state updates made while
+  predicting are discarded. See :func:`ivon_optax.predict.sample_outputs`.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, flax.nnx as nnx, ivon_optax, ivon_optax.flax
+    >>> model = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
+    >>> optimizer = nnx.Optimizer(model, ivon_optax.ivon(0.1, ess=100.0), wrt=nnx.Param)
+    >>> ivon_optax.flax.sample_nnx_outputs(
+    ...     jax.random.key(1), optimizer, model, jnp.ones((5, 3)), num_samples=4).shape
+    (4, 5, 2)
+  """
+  params, opt_state = nnx_params_and_state(optimizer, model)
+  graphdef, _, rest = nnx.split(model, optimizer.wrt, ..., graph=optimizer.graph)
+  rest = nnx.as_pure(rest)
+
+  def apply_fn(sampled, *xs):
+    return nnx.merge(graphdef, sampled, rest)(*xs)
+
+  return predict.sample_outputs(
+    key, apply_fn, opt_state, params, *inputs, num_samples=num_samples, batch_size=batch_size
+  )

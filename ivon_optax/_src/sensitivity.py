@@ -1,0 +1,445 @@
+r"""How much each training example matters: memory-perturbation estimates.
+
+IVON's posterior :math:`\mathcal{N}(m, \sigma^2)` is the posterior of the
+*summed* training loss :math:`\sum_i \ell_i(\theta)` plus the prior. Removing
+example :math:`i` perturbs it; the memory-perturbation equation (MPE) of
+Nickl et al. (2023) estimates the effect without retraining. At the mean
+:math:`m`, with outputs :math:`f_i = f(x_i; m)` and per-example Jacobian
+:math:`J_i = \partial f_i / \partial\theta`:
+
+.. math::
+  e_i &= \nabla_{f}\, \ell_i = \mathrm{softmax}(f_i) - \mathrm{onehot}(y_i)
+    &&\text{(prediction error)} \\
+  v_{ik} &= \textstyle\sum_p J_{ikp}^2\, \sigma_p^2
+    &&\text{(prediction variance, the diagonal of } J_i \operatorname{diag}(\sigma^2) J_i^\top) \\
+  f_i(m^{\setminus i}) - f_i(m) &\approx v_i \odot e_i
+    &&\text{(change of the prediction when } i \text{ is removed)} \\
+  s_i &= \textstyle\sum_k \left|\lambda_{ik}\, e_{ik}\, v_{ik}\right|,
+    \quad \lambda_{ik} = p_{ik}(1 - p_{ik})
+    &&\text{(sensitivity score)}
+
+The equation implemented is the MPE's estimate of the change of the
+predictions under a Gaussian posterior, :math:`f_i(m^{\setminus i}) - f_i(m)
+\approx v_i \odot e_i` (the GLM form, applied to the network linearized at
+:math:`m`), with the diagonal :math:`v_i` and the score :math:`s_i` as the
+official code computes them: ``lib/variances.py`` ``get_pred_vars_optim``,
+``lib/utils.py`` ``softmax_hessian`` and
+``examples/3_validation_sensitivities.py`` of
+``team-approx-bayes/memory-perturbation``. (That code also clamps
+:math:`|e_{ik}|` into :math:`[10^{-10}, 1 - 10^{-10}]`, which changes
+nothing measurable; it is omitted here.) :math:`\lambda_{ik}\, e_{ik}\,
+v_{ik}` is the first-order change of the class-:math:`k` probability, so
+:math:`s_i` estimates the L1 change of example :math:`i`'s predicted
+probabilities. Removing a group of examples sums their terms (cross terms
+are ignored).
+
+The prediction variance comes from the diagonal posterior and per-example
+Jacobians (:func:`prediction_variance`, the paper's choice, :math:`K`
+backward passes per example) or from posterior samples
+(:func:`sampled_prediction_variance`, :math:`S` forward passes).
+
+References:
+  Nickl, Xu, Tailor, Möllenhoff, Khan, `The Memory-Perturbation Equation:
+  Understanding Model's Sensitivity to Data <https://arxiv.org/abs/2310.19273>`_,
+  NeurIPS 2023.
+
+  Shen et al., `Variational Learning is Effective for Large Deep Networks
+  <https://arxiv.org/abs/2402.17641>`_, ICML 2024 (sensitivity to training
+  data with IVON's posterior).
+"""
+
+import functools
+from collections.abc import Callable
+from typing import Any
+from typing import NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+import optax
+
+from ivon_optax._src import trees as _trees
+from ivon_optax._src.checks import check_key
+from ivon_optax._src.sampling import posterior_std
+from ivon_optax._src.sampling import sample_params
+
+ApplyFn = Callable[[Any, Any], chex.Array]
+"""``apply_fn(params, inputs) -> outputs`` on a batch: inputs carry a leading batch axis."""
+
+
+class Sensitivity(NamedTuple):
+  """Memory-perturbation quantities of each example (``n`` examples, ``k`` outputs)."""
+
+  outputs: chex.Array  # (n, k) float: f_i, the outputs (logits) at the mean.
+  error: chex.Array  # (n, k) float: e_i, the prediction error.
+  variance: chex.Array  # (n, k) float: v_i, the prediction variance.
+  change: chex.Array  # (n, k) float: v_i * e_i ~ f_i(without i) - f_i.
+  score: chex.Array  # (n,) float: s_i, the estimated L1 change of the prediction.
+
+
+def _check_batch(name: str, array: Any, num_examples: int) -> None:
+  if jnp.ndim(array) < 1 or jnp.shape(array)[0] != num_examples:
+    raise ValueError(
+      f"`{name}` must have one entry per example along axis 0 ({num_examples} "
+      f"examples); got shape {jnp.shape(array)}."
+    )
+
+
+def _num_examples(inputs: Any) -> int:
+  leaves = jax.tree.leaves(inputs)
+  if not leaves or any(jnp.ndim(leaf) < 1 for leaf in leaves):
+    raise ValueError("`inputs` must be an array (or pytree of arrays) with a leading batch axis.")
+  sizes = {jnp.shape(leaf)[0] for leaf in leaves}
+  if len(sizes) != 1:
+    raise ValueError(f"All leaves of `inputs` need the same batch size; got sizes {sorted(sizes)}.")
+  return sizes.pop()
+
+
+def _check_chunk_size(chunk_size: int) -> None:
+  if not isinstance(chunk_size, int) or chunk_size < 1:
+    raise ValueError(f"`chunk_size` must be a positive int, got {chunk_size!r}.")
+
+
+def _example_output_fn(apply_fn: ApplyFn):
+  """``apply_fn`` on a single example (no batch axis)."""
+
+  def output(params, example):
+    batch = jax.tree.map(lambda x: jnp.expand_dims(x, 0), example)
+    return apply_fn(params, batch)[0]
+
+  return output
+
+
+def _jacobian_variance(jacobian, variance_params, output_ndim: int) -> jax.Array:
+  """:math:`\\sum_p J_{kp}^2 \\sigma_p^2` over all leaves, for one example."""
+
+  def leaf_variance(jac, sigma_squared):
+    param_axes = tuple(range(output_ndim, jnp.ndim(jac)))
+    return jnp.sum(jnp.square(jac) * sigma_squared, axis=param_axes)
+
+  terms = jax.tree.leaves(jax.tree.map(leaf_variance, jacobian, variance_params))
+  return functools.reduce(jnp.add, terms)
+
+
+@functools.partial(jax.jit, static_argnames=("apply_fn", "chunk_size"))
+def prediction_variance(
+  apply_fn: ApplyFn,
+  params: optax.Params,
+  std: optax.Params,
+  inputs: Any,
+  *,
+  chunk_size: int = 32,
+) -> tuple[chex.Array, chex.Array]:
+  r"""Outputs and their linearized variance :math:`v_{ik} = \sum_p J_{ikp}^2 \sigma_p^2`.
+
+  Per-example Jacobians come from ``jax.jacrev`` (one backward pass per
+  output), ``vmap``-ed over ``chunk_size`` examples at a time by
+  ``lax.map``: memory is about ``chunk_size * outputs * params`` floats,
+  whatever the number of examples. Only the diagonal of
+  :math:`J_i \operatorname{diag}(\sigma^2) J_i^\top` is formed.
+
+  Examples:
+    >>> import jax.numpy as jnp, ivon_optax
+    >>> apply_fn = lambda p, x: x @ p["w"]
+    >>> params = {"w": jnp.ones((3, 2))}
+    >>> std = {"w": jnp.full((3, 2), 0.5)}
+    >>> outputs, variance = ivon_optax.sensitivity.prediction_variance(
+    ...     apply_fn, params, std, jnp.array([[1.0, 2.0, 0.0]]))
+    >>> variance  # (1 + 4) * 0.25 for each of the two outputs
+    Array([[1.25, 1.25]], dtype=float32)
+
+  Args:
+    apply_fn: ``apply_fn(params, inputs) -> outputs`` on a batch. Pass the
+      same function object every call (it is a static argument of ``jit``).
+    params: the mean :math:`m`.
+    std: the posterior standard deviation :math:`\sigma`, like ``params``
+      (e.g. :func:`ivon_optax.posterior_std`).
+    inputs: an array, or pytree of arrays, with a leading batch axis.
+    chunk_size: examples per vectorized Jacobian chunk.
+
+  Returns:
+    ``(outputs, variance)``, both of shape ``(n, *output_shape)``.
+  """
+  _check_chunk_size(chunk_size)
+  _num_examples(inputs)
+  _trees.check_like_params("std", std, params, "Pass ivon_optax.posterior_std(state, params).")
+  output_fn = _example_output_fn(apply_fn)
+  variance_params = jax.tree.map(jnp.square, std)
+
+  def example_variance(example):
+    jacobian, output = jax.jacrev(lambda p: (output_fn(p, example),) * 2, has_aux=True)(params)
+    return output, _jacobian_variance(jacobian, variance_params, jnp.ndim(output))
+
+  return jax.lax.map(example_variance, inputs, batch_size=chunk_size)
+
+
+def _chunked_outputs(apply_fn: ApplyFn, params, inputs, chunk_size: int) -> jax.Array:
+  """``apply_fn(params, inputs)``, evaluated ``chunk_size`` examples at a time."""
+  output_fn = _example_output_fn(apply_fn)
+  return jax.lax.map(lambda example: output_fn(params, example), inputs, batch_size=chunk_size)
+
+
+@functools.partial(jax.jit, static_argnames=("apply_fn", "num_samples", "chunk_size"))
+def sampled_prediction_variance(
+  key: chex.PRNGKey,
+  apply_fn: ApplyFn,
+  state: optax.OptState,
+  params: optax.Params,
+  inputs: Any,
+  *,
+  num_samples: int = 64,
+  chunk_size: int = 256,
+) -> chex.Array:
+  r"""Monte-Carlo prediction variance :math:`\widehat{\mathrm{Var}}_{\theta \sim q}[f_i(\theta)]`.
+
+  .. math::
+    \hat v_i = \frac{1}{S-1} \sum_{s=1}^S \big(f_i(\theta_s) - \bar f_i\big)^2,
+    \qquad \theta_s = m + \sigma \odot \epsilon_s
+
+  A cheaper alternative to :func:`prediction_variance` when the number of
+  outputs or params is large: :math:`S` forward passes instead of one
+  backward pass per output. Deviations are taken from :math:`f_i(m)` and
+  accumulated in a ``lax.scan``, so memory holds one weight sample and the
+  outputs of ``chunk_size`` examples at a time, plus the ``(n, k)`` sums.
+
+  *Bias.* For a model linear in :math:`\theta` it is unbiased for the
+  Jacobian form :math:`v_i` (the posterior is diagonal, so
+  :math:`\mathrm{Var}[J_i\theta] = \sum_p J_{ip}^2\sigma_p^2` exactly). For a
+  network it estimates the variance of the network itself, which departs
+  from the linearized :math:`v_i` by terms of order :math:`\sigma^4` times the
+  curvature of :math:`f`, either way: saturating units shrink it (on the
+  digits MLP of ``examples/sensitivity.py`` the median ratio to the
+  linearized :math:`v_i` is 0.88, and the rankings agree). *Variance.* For Gaussian :math:`f_i(\theta)` the relative
+  standard deviation is :math:`\sqrt{2/(S-1)}` (18% at :math:`S = 64`), per
+  example and output; rankings of whole datasets are much more stable than
+  that, single values are not.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, ivon_optax
+    >>> params = {"w": jnp.zeros((3, 2))}
+    >>> state = ivon_optax.ivon(0.1, ess=4.0, hess_init=1.0, weight_decay=0.0).init(params)
+    >>> variance = ivon_optax.sensitivity.sampled_prediction_variance(
+    ...     jax.random.key(0), lambda p, x: x @ p["w"], state, params,
+    ...     jnp.ones((5, 3)), num_samples=2000)
+    >>> bool(jnp.allclose(variance, 3 * 0.25, rtol=0.15))  # sum_p sigma_p^2
+    True
+
+  Args:
+    key: a JAX PRNG key.
+    apply_fn: ``apply_fn(params, inputs) -> outputs`` on a batch (static).
+    state: an optax state containing the :class:`ivon_optax.IVONState`.
+    params: the mean :math:`m`.
+    inputs: an array, or pytree of arrays, with a leading batch axis.
+    num_samples: :math:`S \geq 2` weight samples.
+    chunk_size: examples per forward pass.
+
+  Returns:
+    ``(n, *output_shape)`` variances, in the outputs' dtype.
+  """
+  check_key(key)
+  if not isinstance(num_samples, int) or num_samples < 2:
+    raise ValueError(f"`num_samples` must be an int >= 2, got {num_samples!r}.")
+  _check_chunk_size(chunk_size)
+  _num_examples(inputs)
+  mean_outputs = _chunked_outputs(apply_fn, params, inputs, chunk_size)
+
+  def add_sample(sums, sample_key):
+    sampled, _ = sample_params(sample_key, state, params)
+    deviation = _chunked_outputs(apply_fn, sampled, inputs, chunk_size) - mean_outputs
+    return (sums[0] + deviation, sums[1] + jnp.square(deviation)), None
+
+  zeros = jnp.zeros_like(mean_outputs)
+  (total, total_squared), _ = jax.lax.scan(
+    add_sample, (zeros, zeros), jax.random.split(key, num_samples)
+  )
+  return (total_squared - jnp.square(total) / num_samples) / (num_samples - 1)
+
+
+def softmax_sensitivity(
+  logits: chex.Array, labels: chex.Array, variance: chex.Array, *, eps: float = 1e-10
+) -> Sensitivity:
+  r"""Memory-perturbation estimates of a softmax classifier from its logits and variances.
+
+  .. math::
+    e_i = p_i - \mathrm{onehot}(y_i), \quad
+    \Delta f_i = v_i \odot e_i, \quad
+    s_i = \textstyle\sum_k |\lambda_{ik} e_{ik} v_{ik}|, \quad
+    \lambda_{ik} = \mathrm{clip}(p_{ik}(1 - p_{ik}), \epsilon, 1 - \epsilon)
+
+  with :math:`p_i = \mathrm{softmax}(f_i)`. The clip follows the official
+  code's ``softmax_hessian``.
+
+  Examples:
+    >>> import jax.numpy as jnp, ivon_optax
+    >>> sensitivity = ivon_optax.sensitivity.softmax_sensitivity(
+    ...     jnp.zeros((1, 2)), jnp.array([0]), jnp.ones((1, 2)))
+    >>> sensitivity.change  # the true class loses, the other gains
+    Array([[-0.5,  0.5]], dtype=float32)
+    >>> sensitivity.score  # 2 * 0.25 * 0.5 * 1
+    Array([0.25], dtype=float32)
+
+  Args:
+    logits: ``(n, k)`` logits :math:`f_i` at the mean.
+    labels: ``(n,)`` integer labels.
+    variance: ``(n, k)`` prediction variances :math:`v_i`.
+    eps: clip of the softmax curvature :math:`\lambda`.
+
+  Returns:
+    A :class:`Sensitivity`.
+  """
+  if jnp.ndim(logits) != 2:
+    raise ValueError(f"`logits` must have shape (n, classes); got {jnp.shape(logits)}.")
+  _check_batch("labels", labels, logits.shape[0])
+  if jnp.shape(variance) != jnp.shape(logits):
+    raise ValueError(
+      f"`variance` must have the shape of `logits` {jnp.shape(logits)}; got {jnp.shape(variance)}."
+    )
+  probs = jax.nn.softmax(logits, axis=-1)
+  error = probs - jax.nn.one_hot(labels, logits.shape[-1], dtype=probs.dtype)
+  curvature = jnp.clip(probs * (1.0 - probs), eps, 1.0 - eps)
+  change = variance * error
+  score = jnp.sum(jnp.abs(curvature * change), axis=-1)
+  return Sensitivity(logits, error, variance, change, score)
+
+
+def gaussian_sensitivity(
+  outputs: chex.Array,
+  targets: chex.Array,
+  variance: chex.Array,
+  *,
+  noise_variance: chex.Numeric = 1.0,
+) -> Sensitivity:
+  r"""Memory-perturbation estimates of a regression model (Gaussian likelihood).
+
+  For the loss :math:`\ell_i = \|y_i - f_i\|^2 / (2 s^2)`, with
+  :math:`s^2` = ``noise_variance``:
+
+  .. math::
+    e_i = (f_i - y_i) / s^2, \quad
+    \Delta f_i = v_i \odot e_i, \quad
+    s_i = \textstyle\sum_k |v_{ik} e_{ik}|
+
+  i.e. prediction error times prediction variance; :math:`s_i` is the
+  estimated absolute change of the prediction when :math:`i` is removed
+  (the MPE for a Gaussian-likelihood GLM, Nickl et al. 2023). The posterior
+  must be the one of that loss: train with this :math:`s^2` in the loss.
+
+  Examples:
+    >>> import jax.numpy as jnp, ivon_optax
+    >>> sensitivity = ivon_optax.sensitivity.gaussian_sensitivity(
+    ...     jnp.array([1.0, 0.0]), jnp.array([0.0, 0.0]), jnp.array([0.5, 0.5]))
+    >>> sensitivity.change  # the fitted point moves back towards its target
+    Array([0.5, 0. ], dtype=float32)
+
+  Args:
+    outputs: ``(n,)`` or ``(n, k)`` predictions :math:`f_i` at the mean.
+    targets: targets of the same shape.
+    variance: prediction variances :math:`v_i` of the same shape.
+    noise_variance: the likelihood's variance :math:`s^2` (> 0).
+
+  Returns:
+    A :class:`Sensitivity` whose ``score`` has shape ``(n,)``.
+  """
+  if jnp.shape(targets) != jnp.shape(outputs) or jnp.shape(variance) != jnp.shape(outputs):
+    raise ValueError(
+      f"`outputs`, `targets` and `variance` need the same shape; got "
+      f"{jnp.shape(outputs)}, {jnp.shape(targets)} and {jnp.shape(variance)}."
+    )
+  if jnp.ndim(outputs) not in (1, 2):
+    raise ValueError(f"`outputs` must have shape (n,) or (n, k); got {jnp.shape(outputs)}.")
+  error = (outputs - targets) / noise_variance
+  change = variance * error
+  score = jnp.abs(change) if jnp.ndim(change) == 1 else jnp.sum(jnp.abs(change), axis=-1)
+  return Sensitivity(outputs, error, variance, change, score)
+
+
+def classification_sensitivity(
+  apply_fn: ApplyFn,
+  state: optax.OptState,
+  params: optax.Params,
+  inputs: Any,
+  labels: chex.Array,
+  *,
+  chunk_size: int = 32,
+  eps: float = 1e-10,
+) -> Sensitivity:
+  r"""Each example's memory-perturbation sensitivity under IVON's posterior (softmax form).
+
+  Reads :math:`\sigma` from the IVON state (:func:`ivon_optax.posterior_std`),
+  computes :math:`f_i` and :math:`v_i` with :func:`prediction_variance`
+  (jitted, chunked) and the rest with :func:`softmax_sensitivity`.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, ivon_optax
+    >>> params = {"w": jnp.zeros((4, 3))}
+    >>> state = ivon_optax.ivon(0.1, ess=100.0).init(params)
+    >>> apply_fn = lambda p, x: x @ p["w"]
+    >>> inputs = jax.random.normal(jax.random.key(0), (10, 4))
+    >>> labels = jnp.arange(10) % 3
+    >>> sensitivity = ivon_optax.sensitivity.classification_sensitivity(
+    ...     apply_fn, state, params, inputs, labels)
+    >>> sensitivity.score.shape, sensitivity.change.shape
+    ((10,), (10, 3))
+
+  Args:
+    apply_fn: ``apply_fn(params, inputs) -> logits`` on a batch (static for
+      ``jit``: pass the same function object each time).
+    state: an optax state containing the :class:`ivon_optax.IVONState`.
+    params: the mean :math:`m` (the trained params).
+    inputs: training inputs with a leading batch axis.
+    labels: ``(n,)`` integer labels.
+    chunk_size: examples per vectorized Jacobian chunk (memory bound).
+    eps: clip of the softmax curvature.
+
+  Returns:
+    A :class:`Sensitivity` for every example; rank examples by ``score``.
+  """
+  _check_batch("labels", labels, _num_examples(inputs))
+  std = posterior_std(state, params)
+  logits, variance = prediction_variance(apply_fn, params, std, inputs, chunk_size=chunk_size)
+  return softmax_sensitivity(logits, labels, variance, eps=eps)
+
+
+def regression_sensitivity(
+  apply_fn: ApplyFn,
+  state: optax.OptState,
+  params: optax.Params,
+  inputs: Any,
+  targets: chex.Array,
+  *,
+  noise_variance: chex.Numeric = 1.0,
+  chunk_size: int = 32,
+) -> Sensitivity:
+  r"""Each example's sensitivity under IVON's posterior (regression form).
+
+  :func:`prediction_variance` with :math:`\sigma` from the IVON state, then
+  :func:`gaussian_sensitivity`: prediction error times prediction variance.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, ivon_optax
+    >>> params = {"w": jnp.zeros(2)}
+    >>> state = ivon_optax.ivon(0.1, ess=50.0).init(params)
+    >>> inputs = jax.random.normal(jax.random.key(0), (6, 2))
+    >>> sensitivity = ivon_optax.sensitivity.regression_sensitivity(
+    ...     lambda p, x: x @ p["w"], state, params, inputs, jnp.ones(6))
+    >>> sensitivity.score.shape
+    (6,)
+
+  Args:
+    apply_fn: ``apply_fn(params, inputs) -> predictions`` of shape ``(n,)``
+      or ``(n, k)`` (static for ``jit``).
+    state: an optax state containing the :class:`ivon_optax.IVONState`.
+    params: the mean :math:`m`.
+    inputs: training inputs with a leading batch axis.
+    targets: the regression targets, shaped like the predictions.
+    noise_variance: :math:`s^2` of the Gaussian likelihood the model was
+      trained with (the loss :math:`\|y - f\|^2 / (2 s^2)`).
+    chunk_size: examples per vectorized Jacobian chunk.
+
+  Returns:
+    A :class:`Sensitivity`.
+  """
+  _check_batch("targets", targets, _num_examples(inputs))
+  std = posterior_std(state, params)
+  outputs, variance = prediction_variance(apply_fn, params, std, inputs, chunk_size=chunk_size)
+  return gaussian_sensitivity(outputs, targets, variance, noise_variance=noise_variance)

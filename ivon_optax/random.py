@@ -1,0 +1,5 @@
+"""Standard-normal samplers for :func:`ivon_optax.sample_params`."""
+
+from ivon_optax._src.counter_normal import counter_normal
+
+__all__ = ("counter_normal",)
