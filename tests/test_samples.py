@@ -5,9 +5,9 @@ import jax
 import jax.numpy as jnp
 import optax
 import pytest
-from conftest import loss_fn
-from conftest import make_batch
-from conftest import make_params
+from helpers import loss_fn
+from helpers import make_batch
+from helpers import make_params
 
 import ivon_optax
 

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from scipy.stats import spearmanr
 
 import ivon_optax
-from examples import variance_common as common
+import helpers as common
 
 
 def small_mlp(key, sizes=(3, 5, 4)):

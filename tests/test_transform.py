@@ -10,10 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import loss_fn
-from conftest import make_batch
-from conftest import make_params
-from conftest import train_step
+from helpers import loss_fn
+from helpers import make_batch
+from helpers import make_params
+from helpers import train_step
 
 import ivon_optax
 

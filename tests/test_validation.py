@@ -11,7 +11,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 
 import ivon_optax
-from examples import variance_common as common
+import helpers as common
 
 
 @settings(max_examples=10, deadline=None)
