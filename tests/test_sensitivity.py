@@ -95,6 +95,23 @@ def test_sampled_variance_does_not_depend_on_the_chunk_size():
   chex.assert_trees_all_close(whole, chunked, rtol=1e-4)
 
 
+def test_sampled_variance_is_the_epistemic_part_of_the_predictive_moments():
+  # One variance convention (divide by S): the same samples give the same variance.
+  params = small_mlp(jax.random.key(0))
+  state = ivon_optax.ivon(0.1, ess=20.0).init(params)
+  inputs = jax.random.normal(jax.random.key(1), (7, 3))
+  key = jax.random.key(2)
+  sampled = ivon_optax.sensitivity.sampled_prediction_variance(
+    key, helpers.mlp_apply, state, params, inputs, num_samples=8
+  )
+  outputs = ivon_optax.predict.sample_outputs(
+    key, helpers.mlp_apply, state, params, inputs, num_samples=8
+  )
+  moments = ivon_optax.predict.predictive_moments(outputs)
+  # Different summation orders only; 1/(S-1) would be 14% off.
+  chex.assert_trees_all_close(sampled, moments.epistemic, rtol=1e-3)
+
+
 def test_masked_leaves_add_no_variance():
   params = small_mlp(jax.random.key(0))
   tx = optax.partition(

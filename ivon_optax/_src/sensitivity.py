@@ -219,8 +219,9 @@ def sampled_prediction_variance(
   network it estimates the variance of the network itself, which departs
   from the linearized :math:`v_i` by terms of order :math:`\sigma^4` times the
   curvature of :math:`f`, either way: saturating units shrink it (on the
-  digits MLP of ``examples/sensitivity.py`` the median ratio to the
-  linearized :math:`v_i` is 0.88, and the rankings agree). *Variance.* For
+  digits MLP of ``examples/sensitivity.py``, with :math:`S = 64`, the median
+  ratio to the linearized :math:`v_i` is 0.81, and the rankings of the
+  scores agree, Spearman 0.999). *Variance.* For
   Gaussian :math:`f_i(\theta)` the relative standard deviation is about
   :math:`\sqrt{2/S}` (18% at :math:`S = 64`), per
   example and output; rankings of whole datasets are much more stable than
