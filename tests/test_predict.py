@@ -39,7 +39,7 @@ def test_sample_outputs_are_the_model_at_sample_params():
     key, _linear_apply, state, params, inputs, num_samples=5
   )
   chex.assert_shape(outputs, (5, 4, 2))
-  chex.assert_trees_all_close(outputs, _one_at_a_time(key, state, params, inputs, 5), atol=1e-6)
+  chex.assert_trees_all_close(outputs, _one_at_a_time(key, state, params, inputs, 5), atol=1e-5)
 
 
 @pytest.mark.parametrize("batch_size", [1, 2, 5, 7])
@@ -54,7 +54,7 @@ def test_chunked_samples_equal_vmapped_samples(batch_size):
       k, _linear_apply, state, params, inputs, num_samples=5, batch_size=batch_size
     )
   )(key)
-  chex.assert_trees_all_close(chunked, vmapped, atol=1e-6)
+  chex.assert_trees_all_close(chunked, vmapped, atol=1e-5)
 
 
 def test_chunking_evaluates_samples_in_a_loop():
@@ -115,16 +115,16 @@ def test_sample_outputs_zero_noise_where_ivon_does_not_manage():
 
 
 @pytest.mark.parametrize(
-  "kwargs, match",
+  "kwargs, error, match",
   [
-    ({"num_samples": 0}, "num_samples"),
-    ({"num_samples": 2.0}, "num_samples"),
-    ({"num_samples": 4, "batch_size": 0}, "batch_size"),
+    ({"num_samples": 0}, ValueError, "num_samples"),
+    ({"num_samples": 2.0}, TypeError, "num_samples"),
+    ({"num_samples": 4, "batch_size": 0}, ValueError, "batch_size"),
   ],
 )
-def test_sample_outputs_rejects_bad_counts(kwargs, match):
+def test_sample_outputs_rejects_bad_counts(kwargs, error, match):
   params, state, inputs = _linear_setup()
-  with pytest.raises(ValueError, match=match):
+  with pytest.raises(error, match=match):
     ivon_optax.predict.sample_outputs(
       jax.random.key(0), _linear_apply, state, params, inputs, **kwargs
     )
@@ -158,20 +158,20 @@ def test_predictive_log_probs_stays_finite_for_confident_samples():
   # naive log(mean(softmax)) in float32 would give log(0) for the losing class.
   logits = jnp.array([[[1000.0, 0.0, -1000.0]], [[0.0, 1000.0, -1000.0]]])
   log_probs = ivon_optax.predict.predictive_log_probs(logits)
-  chex.assert_trees_all_close(log_probs[0, :2], jnp.log(jnp.array([0.5, 0.5])), atol=1e-6)
+  chex.assert_trees_all_close(log_probs[0, :2], jnp.log(jnp.array([0.5, 0.5])), atol=1e-5)
   assert bool(jnp.isfinite(log_probs[0, 2])) and float(log_probs[0, 2]) < -900
 
 
 def test_predictive_log_probs_of_one_sample_is_log_softmax_and_axis_moves():
   logits = jax.random.normal(jax.random.key(0), (1, 4, 3))
   chex.assert_trees_all_close(
-    ivon_optax.predict.predictive_log_probs(logits), jax.nn.log_softmax(logits[0]), atol=1e-6
+    ivon_optax.predict.predictive_log_probs(logits), jax.nn.log_softmax(logits[0]), atol=1e-5
   )
   stacked = jax.random.normal(jax.random.key(1), (6, 4, 3))
   chex.assert_trees_all_close(
     ivon_optax.predict.predictive_log_probs(jnp.moveaxis(stacked, 0, 1), axis=1),
     ivon_optax.predict.predictive_log_probs(stacked),
-    atol=1e-6,
+    atol=1e-5,
   )
 
 
@@ -204,7 +204,7 @@ def test_predictive_moments_without_noise_scale_is_epistemic_only():
   means = jax.random.normal(jax.random.key(0), (8, 5))
   moments = ivon_optax.predict.predictive_moments(means)
   chex.assert_trees_all_close(moments.aleatoric, jnp.zeros(5))
-  chex.assert_trees_all_close(moments.variance, jnp.var(means, axis=0), atol=1e-6)
+  chex.assert_trees_all_close(moments.variance, jnp.var(means, axis=0), rtol=1e-5, atol=1e-6)
 
 
 def test_predictive_moments_rejects_mismatched_stds():

@@ -8,6 +8,7 @@ estimate.
 """
 
 import chex
+import helpers
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,11 +20,10 @@ from hypothesis import strategies as st
 from scipy.stats import spearmanr
 
 import ivon_optax
-import helpers as common
 
 
 def small_mlp(key, sizes=(3, 5, 4)):
-  return common.init_mlp(key, sizes)
+  return helpers.init_mlp(key, sizes)
 
 
 def ivon_state_with_hess(params, hess_value, *, ess, weight_decay):
@@ -45,25 +45,25 @@ def test_prediction_variance_matches_explicit_jacobian(chunk_size):
     )
     inputs = jax.random.normal(jax.random.key(2), (7, 3), jnp.float64)
     outputs, variance = ivon_optax.sensitivity.prediction_variance(
-      common.mlp_apply, params, std, inputs, chunk_size=chunk_size
+      helpers.mlp_apply, params, std, inputs, chunk_size=chunk_size
     )
 
     flat, unravel = jax.flatten_util.ravel_pytree(params)
     sigma_squared = jax.flatten_util.ravel_pytree(std)[0] ** 2
-    jacobian = jax.jacrev(lambda theta: common.mlp_apply(unravel(theta), inputs))(flat)
+    jacobian = jax.jacrev(lambda theta: helpers.mlp_apply(unravel(theta), inputs))(flat)
     expected = jnp.einsum("nkp,p->nk", jacobian**2, sigma_squared)
     chex.assert_trees_all_close(variance, expected, rtol=1e-12)
-    chex.assert_trees_all_close(outputs, common.mlp_apply(params, inputs), rtol=1e-12)
+    chex.assert_trees_all_close(outputs, helpers.mlp_apply(params, inputs), rtol=1e-12)
 
 
 def test_prediction_variance_compiles_once():
   params = small_mlp(jax.random.key(0))
   std = jax.tree.map(jnp.ones_like, params)
   inputs = jnp.ones((6, 3))
-  ivon_optax.sensitivity.prediction_variance(common.mlp_apply, params, std, inputs)
+  ivon_optax.sensitivity.prediction_variance(helpers.mlp_apply, params, std, inputs)
   before = ivon_optax.sensitivity.prediction_variance._cache_size()
   ivon_optax.sensitivity.prediction_variance(
-    common.mlp_apply, jax.tree.map(lambda p: p + 1, params), std, inputs + 1
+    helpers.mlp_apply, jax.tree.map(lambda p: p + 1, params), std, inputs + 1
   )
   assert ivon_optax.sensitivity.prediction_variance._cache_size() == before
 
@@ -72,7 +72,7 @@ def test_prediction_variance_rejects_a_std_unlike_params():
   params = small_mlp(jax.random.key(0))
   with pytest.raises(ValueError, match="std"):
     ivon_optax.sensitivity.prediction_variance(
-      common.mlp_apply, params, [params[0]], jnp.ones((2, 3))
+      helpers.mlp_apply, params, [params[0]], jnp.ones((2, 3))
     )
 
 
@@ -83,7 +83,7 @@ def test_sampled_variance_does_not_depend_on_the_chunk_size():
   whole, chunked = (
     ivon_optax.sensitivity.sampled_prediction_variance(
       jax.random.key(2),
-      common.mlp_apply,
+      helpers.mlp_apply,
       state,
       params,
       inputs,
@@ -92,7 +92,24 @@ def test_sampled_variance_does_not_depend_on_the_chunk_size():
     )
     for chunk_size in (256, 3)
   )
-  chex.assert_trees_all_close(whole, chunked, rtol=1e-5)
+  chex.assert_trees_all_close(whole, chunked, rtol=1e-4)
+
+
+def test_sampled_variance_is_the_epistemic_part_of_the_predictive_moments():
+  # One variance convention (divide by S): the same samples give the same variance.
+  params = small_mlp(jax.random.key(0))
+  state = ivon_optax.ivon(0.1, ess=20.0).init(params)
+  inputs = jax.random.normal(jax.random.key(1), (7, 3))
+  key = jax.random.key(2)
+  sampled = ivon_optax.sensitivity.sampled_prediction_variance(
+    key, helpers.mlp_apply, state, params, inputs, num_samples=8
+  )
+  outputs = ivon_optax.predict.sample_outputs(
+    key, helpers.mlp_apply, state, params, inputs, num_samples=8
+  )
+  moments = ivon_optax.predict.predictive_moments(outputs)
+  # Different summation orders only; 1/(S-1) would be 14% off.
+  chex.assert_trees_all_close(sampled, moments.epistemic, rtol=1e-3)
 
 
 def test_masked_leaves_add_no_variance():
@@ -104,15 +121,15 @@ def test_masked_leaves_add_no_variance():
   state = tx.init(params)
   std = ivon_optax.posterior_std(state, params)
   inputs = jax.random.normal(jax.random.key(3), (4, 3))
-  _, variance = ivon_optax.sensitivity.prediction_variance(common.mlp_apply, params, std, inputs)
+  _, variance = ivon_optax.sensitivity.prediction_variance(helpers.mlp_apply, params, std, inputs)
   only_first = [std[0], jax.tree.map(jnp.zeros_like, params[1])]
   _, expected = ivon_optax.sensitivity.prediction_variance(
-    common.mlp_apply, params, only_first, inputs
+    helpers.mlp_apply, params, only_first, inputs
   )
   chex.assert_trees_all_close(variance, expected)
 
 
-def test_sampled_variance_is_unbiased_for_linear_models():
+def test_sampled_variance_matches_the_jacobian_form_for_linear_models():
   params = {"w": jnp.zeros((3, 2)), "b": jnp.zeros(2)}
   hess = {"w": jnp.array([[1.0, 2.0], [0.5, 1.0], [4.0, 1.0]]), "b": jnp.array([1.0, 3.0])}
   state = ivon_state_with_hess(params, hess, ess=2.0, weight_decay=0.0)
@@ -123,7 +140,7 @@ def test_sampled_variance_is_unbiased_for_linear_models():
   sampled = ivon_optax.sensitivity.sampled_prediction_variance(
     jax.random.key(1), apply_fn, state, params, inputs, num_samples=4000
   )
-  # relative standard error sqrt(2/3999) = 2.2%; 5 sigma
+  # relative standard error sqrt(2/4000) = 2.2%, bias 1/4000: 5 sigma
   chex.assert_trees_all_close(sampled, exact, rtol=0.12)
 
 
@@ -133,9 +150,9 @@ def test_sampled_variance_is_close_for_a_network_with_small_noise():
   state = ivon_state_with_hess(params, hess, ess=100.0, weight_decay=0.0)
   inputs = jax.random.normal(jax.random.key(1), (6, 3))
   std = ivon_optax.posterior_std(state, params)
-  _, linearized = ivon_optax.sensitivity.prediction_variance(common.mlp_apply, params, std, inputs)
+  _, linearized = ivon_optax.sensitivity.prediction_variance(helpers.mlp_apply, params, std, inputs)
   sampled = ivon_optax.sensitivity.sampled_prediction_variance(
-    jax.random.key(2), common.mlp_apply, state, params, inputs, num_samples=2000
+    jax.random.key(2), helpers.mlp_apply, state, params, inputs, num_samples=2000
   )
   chex.assert_trees_all_close(sampled, linearized, rtol=0.25)
 
@@ -157,9 +174,9 @@ def test_softmax_sensitivity_formulas(seed, num_classes):
   probs /= probs.sum(-1, keepdims=True)
   error = probs - np.eye(num_classes)[labels]
   curvature = np.clip(probs * (1 - probs), 1e-10, 1 - 1e-10)
-  chex.assert_trees_all_close(result.error, error, atol=1e-6)
-  chex.assert_trees_all_close(result.change, variance * error, atol=1e-6)
-  chex.assert_trees_all_close(result.score, np.abs(curvature * error * variance).sum(-1), atol=1e-6)
+  chex.assert_trees_all_close(result.error, error, atol=1e-5)
+  chex.assert_trees_all_close(result.change, variance * error, atol=1e-5)
+  chex.assert_trees_all_close(result.score, np.abs(curvature * error * variance).sum(-1), atol=1e-5)
   chex.assert_shape(result.score, (5,))
 
 
@@ -179,15 +196,15 @@ def test_classification_sensitivity_rejects_bad_input():
   state = ivon_optax.ivon(0.1, ess=10.0).init(params)
   with pytest.raises(ValueError, match="labels"):
     ivon_optax.sensitivity.classification_sensitivity(
-      common.mlp_apply, state, params, jnp.ones((5, 3)), jnp.zeros(4, int)
+      helpers.mlp_apply, state, params, jnp.ones((5, 3)), jnp.zeros(4, int)
     )
   with pytest.raises(ValueError, match="chunk_size"):
     ivon_optax.sensitivity.classification_sensitivity(
-      common.mlp_apply, state, params, jnp.ones((5, 3)), jnp.zeros(5, int), chunk_size=0
+      helpers.mlp_apply, state, params, jnp.ones((5, 3)), jnp.zeros(5, int), chunk_size=0
     )
   with pytest.raises(ValueError, match="IVON state"):
     ivon_optax.sensitivity.classification_sensitivity(
-      common.mlp_apply, optax.adam(0.1).init(params), params, jnp.ones((5, 3)), jnp.zeros(5, int)
+      helpers.mlp_apply, optax.adam(0.1).init(params), params, jnp.ones((5, 3)), jnp.zeros(5, int)
     )
 
 
@@ -257,16 +274,16 @@ NUM_STEPS = 1500
 @pytest.fixture(scope="module")
 def logistic_regression():
   """IVON-trained multinomial logistic regression on 300 digits 0-4, and its sensitivities."""
-  train, test = common.load_digits_splits([NUM_TRAIN, 500], seed=0, classes=range(NUM_CLASSES))
-  params = common.init_mlp(jax.random.key(0), [64, NUM_CLASSES])
+  train, test = helpers.load_digits_splits([NUM_TRAIN, 500], seed=0, classes=range(NUM_CLASSES))
+  params = helpers.init_mlp(jax.random.key(0), [64, NUM_CLASSES])
   tx = ivon_optax.ivon(
     0.1, ess=float(NUM_TRAIN), hess_init=0.1, beta2=0.999, weight_decay=WEIGHT_DECAY
   )
-  params, state = common.train_ivon(
+  params, state = helpers.train_ivon(
     jax.random.key(1), tx, params, train, num_steps=NUM_STEPS, batch_size=64
   )
   sensitivity = ivon_optax.sensitivity.classification_sensitivity(
-    common.mlp_apply, state, params, jnp.asarray(train.inputs), jnp.asarray(train.labels)
+    helpers.mlp_apply, state, params, jnp.asarray(train.inputs), jnp.asarray(train.labels)
   )
   return train, test, params, sensitivity
 

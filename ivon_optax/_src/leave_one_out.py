@@ -15,7 +15,8 @@ This is the MPE-based leave-one-out estimate that Nickl et al. (2023) use to
 predict generalization during training, as the official code computes it
 (``lib/utils.py`` ``get_estimated_nll`` and ``examples/1_loo_iterations.py``
 of ``team-approx-bayes/memory-perturbation``: perturbed logits
-``logits + residuals * vars``, probabilities clamped at :math:`10^{-10}`). The error rate is an extension: the papers report NLL.
+``logits + residuals * vars``, probabilities clamped at :math:`10^{-10}`).
+The error rate is an extension: the papers report NLL.
 
 **Pitfall: the scale of** :math:`\sigma^2`. :math:`v_i` is linear in
 :math:`\sigma^2 = 1/(\lambda (h + \delta))`, so the estimate is only as
@@ -36,7 +37,6 @@ References:
   NeurIPS 2023.
 """
 
-import functools
 from typing import Any
 from typing import NamedTuple
 
@@ -45,10 +45,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ivon_optax._src.sampling import posterior_std
+from ivon_optax._src.metrics import check_labels
+from ivon_optax._src.metrics import label_log_probs
+from ivon_optax._src.metrics import nan_unless
+from ivon_optax._src.metrics import predicts_label
 from ivon_optax._src.sensitivity import ApplyFn
-from ivon_optax._src.sensitivity import prediction_variance
-from ivon_optax._src.sensitivity import softmax_sensitivity
+from ivon_optax._src.sensitivity import classification_sensitivity
 
 
 class LOOEstimate(NamedTuple):
@@ -60,10 +62,11 @@ class LOOEstimate(NamedTuple):
   train_error: chex.Array  # shape=(), float: training error rate at the mean.
 
 
-def _clamped_nll(logits: chex.Array, labels: chex.Array, eps: float) -> chex.Array:
-  probs = jax.nn.softmax(logits, axis=-1)
-  label_probs = jnp.take_along_axis(probs, labels[:, None], axis=-1)[:, 0]
-  return -jnp.log(jnp.maximum(label_probs, eps))
+def _nll_and_error(logits: chex.Array, labels: chex.Array, eps: float) -> tuple:
+  r"""Mean :math:`-\log \max(\mathrm{softmax}(f_i)_{y_i}, \epsilon)`, and the error rate."""
+  log_probs = jax.nn.log_softmax(logits, axis=-1)
+  nll = -jnp.mean(jnp.maximum(label_log_probs(log_probs, labels), jnp.log(eps)))
+  return nll, 1.0 - jnp.mean(predicts_label(logits, labels), dtype=nll.dtype)
 
 
 def loo_from_change(
@@ -72,24 +75,26 @@ def loo_from_change(
   r"""Leave-one-out NLL and error from logits :math:`f_i` and their estimated change.
 
   .. math::
-    \mathrm{LOO}_{\mathrm{NLL}} = \frac1N \sum_i -\log \max(\mathrm{softmax}(f_i + \Delta f_i)_{y_i}, \epsilon)
+    \mathrm{LOO}_{\mathrm{NLL}}
+      = \frac1N \sum_i -\log \max(\mathrm{softmax}(f_i + \Delta f_i)_{y_i}, \epsilon)
 
   Examples:
     >>> import jax.numpy as jnp, ivon_optax
     >>> logits = jnp.array([[2.0, 0.0]])
-    >>> estimate = ivon_optax.sensitivity.loo_from_change(logits, jnp.array([0]), jnp.array([[-2.0, 1.0]]))
+    >>> change = jnp.array([[-2.0, 1.0]])
+    >>> estimate = ivon_optax.sensitivity.loo_from_change(logits, jnp.array([0]), change)
     >>> float(estimate.error), float(estimate.train_error)  # flips only when left out
     (1.0, 0.0)
 
   Args:
     logits: ``(n, k)`` logits at the mean.
-    labels: ``(n,)`` integer labels.
+    labels: ``(n,)`` integer labels in ``[0, k)``.
     change: ``(n, k)`` estimated change :math:`\Delta f_i = v_i \odot e_i`
       (:attr:`ivon_optax.sensitivity.Sensitivity.change`).
     eps: the floor on the probabilities inside the log.
 
   Returns:
-    A :class:`LOOEstimate`.
+    A :class:`LOOEstimate`; all NaN under ``jit`` if a label is invalid.
   """
   if jnp.ndim(logits) != 2 or jnp.shape(change) != jnp.shape(logits):
     raise ValueError(
@@ -100,16 +105,14 @@ def loo_from_change(
     raise ValueError(
       f"`labels` must have shape ({jnp.shape(logits)[0]},); got {jnp.shape(labels)}."
     )
-  perturbed = logits + change
-  return LOOEstimate(
-    nll=jnp.mean(_clamped_nll(perturbed, labels, eps)),
-    error=jnp.mean(jnp.argmax(perturbed, axis=-1) != labels),
-    train_nll=jnp.mean(_clamped_nll(logits, labels, eps)),
-    train_error=jnp.mean(jnp.argmax(logits, axis=-1) != labels),
+  valid = jnp.all(check_labels(labels, jnp.shape(logits)[-1]))
+  nll, error = _nll_and_error(logits + change, labels, eps)
+  train_nll, train_error = _nll_and_error(logits, labels, eps)
+  return jax.tree.map(
+    lambda value: nan_unless(valid, value), LOOEstimate(nll, error, train_nll, train_error)
   )
 
 
-@functools.partial(jax.jit, static_argnames=("apply_fn", "chunk_size"))
 def leave_one_out(
   apply_fn: ApplyFn,
   state: optax.OptState,
@@ -122,11 +125,11 @@ def leave_one_out(
 ) -> LOOEstimate:
   r"""Leave-one-out NLL and error of a classifier, from its IVON posterior and training data.
 
-  One jitted pass over the training data: logits and prediction variances
-  (:func:`ivon_optax.sensitivity.prediction_variance`, :math:`\sigma` from the state),
-  then :func:`loo_from_change` with :math:`\Delta f_i = v_i \odot e_i`.
-  Call it after every epoch to track generalization or to stop early; it
-  compiles once for a given ``apply_fn`` object and input shapes.
+  One jitted pass over the training data:
+  :func:`ivon_optax.sensitivity.classification_sensitivity` gives the logits
+  and :math:`\Delta f_i = v_i \odot e_i`, then :func:`loo_from_change`.
+  Call it after every epoch to track generalization or to stop early; the
+  pass compiles once for a given ``apply_fn`` object and input shapes.
 
   Examples:
     >>> import jax, jax.numpy as jnp, ivon_optax
@@ -154,14 +157,14 @@ def leave_one_out(
     state: an optax state containing the :class:`ivon_optax.IVONState`.
     params: the mean :math:`m`.
     inputs: training inputs with a leading batch axis.
-    labels: ``(n,)`` integer labels.
+    labels: ``(n,)`` integer labels in ``[0, classes)``.
     chunk_size: examples per vectorized Jacobian chunk (memory bound).
     eps: the floor on the probabilities inside the log.
 
   Returns:
     A :class:`LOOEstimate` of scalars.
   """
-  std = posterior_std(state, params)
-  logits, variance = prediction_variance(apply_fn, params, std, inputs, chunk_size=chunk_size)
-  sensitivity = softmax_sensitivity(logits, labels, variance)
-  return loo_from_change(logits, labels, sensitivity.change, eps=eps)
+  sensitivity = classification_sensitivity(
+    apply_fn, state, params, inputs, labels, chunk_size=chunk_size
+  )
+  return loo_from_change(sensitivity.outputs, labels, sensitivity.change, eps=eps)

@@ -44,6 +44,8 @@ import jax.numpy as jnp
 import optax
 
 from ivon_optax._src import trees as _trees
+from ivon_optax._src.metrics import nan_unless
+from ivon_optax._src.metrics import require
 from ivon_optax._src.sampling import posterior_precision
 
 TaskScales = chex.Numeric | Sequence[chex.Numeric]
@@ -68,6 +70,12 @@ def _task_scales(task_scales: TaskScales, num_tasks: int) -> list:
       f"`task_scales` must be a scalar or one scalar per task; got shape {jnp.shape(task_scales)}."
     )
   return [task_scales] * num_tasks
+
+
+def _nonnegative(name: str, values, why: str) -> chex.Array:
+  """Whether all of ``values`` (scalars or trees) are >= 0, a scalar; raises when concrete."""
+  signs = jnp.stack([jnp.all(jnp.asarray(leaf) >= 0) for leaf in jax.tree.leaves(values)])
+  return jnp.all(require(signs, signs, f"`{name}` must be >= 0 (no NaN): {why}"))
 
 
 def _check_trees(base_params, trees, name: str) -> None:
@@ -109,15 +117,19 @@ def merge_with_precisions(
     base_params: :math:`\theta_0`, the common starting point.
     finetuned_params: the :math:`T` fine-tuned models :math:`\theta_t`.
     precisions: their diagonal precisions :math:`H_t` (>= 0), like the params.
-    task_scales: :math:`\alpha_t`: one shared scale (the official code's
-      choice) or one per task. Typical: 0.5 to 1.
-    base_precision: the base's precision, a scalar or a pytree like the
-      params (0 when unknown).
-    delta_0: :math:`\delta_0` (> 0), added to :math:`H_0` so that the ratio
-      stays defined where every precision is 0.
+    task_scales: :math:`\alpha_t \ge 0`: one shared scale (the official
+      code's choice) or one per task. Typical: 0.5 to 1. Negative scales are
+      refused: they can make :math:`\bar H` zero or negative, where the rule
+      gives infinities or flips signs (subtract a task with
+      :func:`task_arithmetic`).
+    base_precision: the base's precision (>= 0), a scalar or a pytree like
+      the params (0 when unknown).
+    delta_0: :math:`\delta_0` (>= 0; > 0 keeps the ratio defined where every
+      precision is 0), added to :math:`H_0`.
 
   Returns:
-    The merged params, in ``base_params``' dtypes.
+    The merged params, in ``base_params``' dtypes. Under ``jit``, a negative
+    or NaN scale, precision or :math:`\delta_0` makes every entry NaN.
   """
   if len(finetuned_params) == 0 or len(finetuned_params) != len(precisions):
     raise ValueError(
@@ -131,6 +143,17 @@ def merge_with_precisions(
     base_precision = jax.tree.map(lambda _: base_precision, base_params)
   else:
     _check_trees(base_params, [base_precision], "base_precision")
+  valid = (
+    _nonnegative(
+      "task_scales",
+      scales,
+      "a negative scale can make the denominator H_0 + sum_s alpha_s H_s zero or "
+      "negative. To subtract a task, use task_arithmetic.",
+    )
+    & _nonnegative("precisions", precisions, "pass diagonal precisions, e.g. squared gradients.")
+    & _nonnegative("base_precision", base_precision, "pass the base's precision, or 0.")
+    & _nonnegative("delta_0", delta_0, "it is added to the base precision; use e.g. 1e-12.")
+  )
   base_total = jax.tree.map(lambda h0: h0 + delta_0, base_precision)
 
   def scaled_sum(terms):
@@ -140,7 +163,7 @@ def merge_with_precisions(
     [base_total]
     + [
       jax.tree.map(lambda h, a=alpha: a * h, precision)
-      for alpha, precision in zip(scales, precisions)
+      for alpha, precision in zip(scales, precisions, strict=True)
     ]
   )
   step = scaled_sum(
@@ -153,11 +176,13 @@ def merge_with_precisions(
         base_total,
         total,
       )
-      for alpha, model, precision in zip(scales, finetuned_params, precisions)
+      for alpha, model, precision in zip(scales, finetuned_params, precisions, strict=True)
     ]
   )
   return jax.tree.map(
-    lambda theta0, delta: (theta0 + delta).astype(jnp.result_type(theta0)), base_params, step
+    lambda theta0, delta: nan_unless(valid, theta0 + delta).astype(jnp.result_type(theta0)),
+    base_params,
+    step,
   )
 
 
@@ -177,7 +202,8 @@ def merge_models(
       \frac{H_0 + H_t}{H_0 + \sum_s \alpha_s H_s} (\theta_t - \theta_0),
     \qquad H_t = \lambda_t (h_t + \delta_t)
 
-  (Daheim et al., 2024, with IVON's precision as in Shen et al., 2024.) :math:`H_t` is read from each model's optimizer state
+  (Daheim et al., 2024, with IVON's precision as in Shen et al., 2024.)
+  :math:`H_t` is read from each model's optimizer state
   (:func:`ivon_optax.posterior_precision`); :math:`H_0` is the base's IVON precision when
   ``base_state`` is given, else ``base_precision``, else 0, plus
   :math:`\delta_0`.
@@ -195,7 +221,8 @@ def merge_models(
     base_params: :math:`\theta_0`.
     finetuned: ``(params, opt_state)`` per task; each ``opt_state`` must
       contain the IVON state of that fine-tuning run.
-    task_scales: :math:`\alpha_t`: one shared scale or one per task.
+    task_scales: :math:`\alpha_t \ge 0`: one shared scale or one per task
+      (see :func:`merge_with_precisions`).
     base_state: the base model's IVON optimizer state, if it was trained
       with IVON; gives :math:`H_0`.
     base_precision: :math:`H_0` as a scalar or pytree, when there is no
@@ -249,7 +276,8 @@ def task_arithmetic(
   Args:
     base_params: :math:`\theta_0`.
     finetuned_params: the fine-tuned models :math:`\theta_t`.
-    task_scales: :math:`\alpha_t`, shared or one per task.
+    task_scales: :math:`\alpha_t`, shared or one per task; negative scales
+      subtract a task.
 
   Returns:
     The merged params.
@@ -260,7 +288,7 @@ def task_arithmetic(
   scales = _task_scales(task_scales, len(finetuned_params))
 
   def merge_leaf(theta0, *thetas):
-    delta = sum(alpha * (theta - theta0) for alpha, theta in zip(scales, thetas))
+    delta = sum(alpha * (theta - theta0) for alpha, theta in zip(scales, thetas, strict=True))
     return (theta0 + delta).astype(jnp.result_type(theta0))
 
   return jax.tree.map(merge_leaf, base_params, *finetuned_params)

@@ -5,36 +5,144 @@ Conventions shared by every function here:
 * predictions are **normalized log probabilities** ``log_probs`` of shape
   ``(..., num_classes)`` (``jax.nn.log_softmax(logits)`` at the mean, or
   :func:`ivon_optax.predict.predictive_log_probs` for the Bayesian average);
-* ``labels`` are integer class indices of shape ``log_probs.shape[:-1]``;
+* ``labels`` are integer class indices in ``[0, num_classes)`` of shape
+  ``log_probs.shape[:-1]``;
 * scalar metrics are means over all examples; logs are natural (nats).
 
 For out-of-distribution detection, :func:`auroc` and :func:`ood_auroc` rank
 examples by a score, higher meaning "more likely out-of-distribution", e.g.
 :func:`predictive_entropy`.
+
+**Invalid values.** A label outside ``[0, num_classes)``, a row of
+``log_probs`` that is not normalized (its ``logsumexp`` is not 0, e.g. logits
+passed by mistake, or NaN) and a NaN score are refused: on concrete arrays
+with a ``ValueError``, and under ``jax.jit``/``vmap``, where values cannot be
+inspected, by a NaN result, never a plausible number. Empty inputs raise.
 """
 
+import numbers
+from typing import Any
 from typing import NamedTuple
 
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
-def _check_predictions(log_probs: chex.Array, labels: chex.Array) -> None:
-  if jnp.ndim(log_probs) < 1:
-    raise ValueError(
-      f"`log_probs` must have a class axis (last); got shape {jnp.shape(log_probs)}."
+def check_count(name: str, value: Any, *, minimum: int = 1, fix: str = "") -> int:
+  """``value`` as a Python int, if it is an integer (Python or NumPy) of at least ``minimum``.
+
+  The one rule for every count argument of the package (``num_samples``,
+  ``num_bins``, ``batch_size``, ``chunk_size``): bools and floats raise a
+  ``TypeError``, integers below ``minimum`` a ``ValueError``.
+  """
+  if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+    raise TypeError(
+      f"`{name}` must be an integer (a Python or NumPy int), got {value!r} of type "
+      f"{type(value).__name__}. {fix}".rstrip()
     )
+  if value < minimum:
+    raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}. {fix}".rstrip())
+  return int(value)
+
+
+def require(valid: chex.Array, values: chex.Array, message: str) -> chex.Array:
+  """Raises ``ValueError(message)`` if ``valid`` is concrete and false anywhere; returns ``valid``.
+
+  Under a transformation (``valid`` a tracer) nothing can be checked: the
+  caller folds ``valid`` into its result as NaN (:func:`nan_unless`).
+  ``message`` may hold one ``{}``, filled with a few of the offending
+  ``values`` (an array shaped like ``valid``).
+  """
+  if isinstance(valid, jax.core.Tracer) or bool(jnp.all(valid)):
+    return valid
+  offending = np.asarray(values)[~np.broadcast_to(np.asarray(valid), np.shape(values))]
+  raise ValueError(message.format(np.unique(offending)[:4].tolist()))
+
+
+def nan_unless(valid: chex.Array, value: chex.Array) -> chex.Array:
+  """``value`` where ``valid``, NaN elsewhere (``valid`` broadcasts against ``value``)."""
+  return jnp.where(valid, value, jnp.nan)
+
+
+def check_labels(labels: chex.Array, num_classes: int, name: str = "labels") -> chex.Array:
+  r"""Elementwise validity of class indices, :math:`0 \le y < K`; raises on concrete ones."""
+  if not jnp.issubdtype(jnp.result_type(labels), jnp.integer):
+    raise TypeError(
+      f"`{name}` must hold integer class indices, got dtype {jnp.result_type(labels)}; "
+      "convert one-hot labels with labels.argmax(-1)."
+    )
+  labels = jnp.asarray(labels)
+  return require(
+    (labels >= 0) & (labels < num_classes),
+    labels,
+    f"`{name}` must be class indices in [0, {num_classes}), one per row of the "
+    "predictions; found {}. Map the labels to 0..num_classes-1 (negative labels do "
+    "not count from the end).",
+  )
+
+
+def _check_class_axis(log_probs: chex.Array) -> None:
+  if jnp.ndim(log_probs) < 1 or jnp.shape(log_probs)[-1] < 1:
+    raise ValueError(
+      f"`log_probs` must have a non-empty class axis (last); got shape {jnp.shape(log_probs)}."
+    )
+
+
+def _normalized_rows(log_probs: chex.Array) -> chex.Array:
+  r"""Which rows are normalized: :math:`|\mathrm{logsumexp}_k \log p_k| \le \sqrt{\epsilon}`.
+
+  The tolerance is the square root of the dtype's machine epsilon (3e-4 in
+  float32): round-off of ``log_softmax`` stays far below it, while logits or
+  unnormalized scores miss it by orders of magnitude. NaN rows fail.
+  """
+  dtype = jnp.result_type(log_probs)
+  dtype = dtype if jnp.issubdtype(dtype, jnp.floating) else jnp.dtype(jnp.float32)
+  tolerance = float(np.sqrt(jnp.finfo(dtype).eps))
+  log_total = jax.nn.logsumexp(jnp.asarray(log_probs, jnp.promote_types(dtype, jnp.float32)), -1)
+  return require(
+    jnp.abs(log_total) <= tolerance,
+    log_total,
+    "`log_probs` must be normalized log probabilities: the logsumexp of each row must "
+    f"be 0 (within {tolerance:.1g}); found rows with logsumexp {{}}. Pass "
+    "jax.nn.log_softmax(logits), or ivon_optax.predict.predictive_log_probs(...) for "
+    "stacked samples.",
+  )
+
+
+def _check_predictions(
+  log_probs: chex.Array, labels: chex.Array, *, normalized: bool = True
+) -> chex.Array:
+  """Checks shapes; returns whether every label and row of ``log_probs`` is valid (a scalar)."""
+  _check_class_axis(log_probs)
   if jnp.shape(log_probs)[:-1] != jnp.shape(labels):
     raise ValueError(
       f"`labels` has shape {jnp.shape(labels)} but `log_probs` has shape "
       f"{jnp.shape(log_probs)}: pass one integer label per row of log probabilities."
     )
-  if not jnp.issubdtype(jnp.result_type(labels), jnp.integer):
-    raise TypeError(
-      f"`labels` must hold integer class indices, got dtype {jnp.result_type(labels)}; "
-      "convert one-hot labels with labels.argmax(-1)."
+  if jnp.size(labels) == 0:
+    raise ValueError("`labels` and `log_probs` are empty: a metric needs at least one example.")
+  valid = check_labels(labels, jnp.shape(log_probs)[-1])
+  if normalized:
+    rows = _normalized_rows(log_probs)
+  else:
+    rows = require(
+      ~jnp.any(jnp.isnan(log_probs), axis=-1),
+      jnp.any(jnp.isnan(log_probs), axis=-1),
+      "`log_probs` must not contain NaN.",
     )
+  return jnp.all(valid & rows)
+
+
+def predicts_label(log_probs: chex.Array, labels: chex.Array) -> chex.Array:
+  """Whether each example's most probable class is its label."""
+  return jnp.argmax(log_probs, axis=-1) == labels
+
+
+def label_log_probs(log_probs: chex.Array, labels: chex.Array) -> chex.Array:
+  r""":math:`\log p_i(y_i)`, the log probability of each example's label."""
+  return jnp.take_along_axis(log_probs, jnp.asarray(labels)[..., None], axis=-1)[..., 0]
 
 
 def accuracy(log_probs: chex.Array, labels: chex.Array) -> chex.Array:
@@ -47,18 +155,14 @@ def accuracy(log_probs: chex.Array, labels: chex.Array) -> chex.Array:
     0.666...
 
   Args:
-    log_probs: log probabilities (or logits), ``(..., num_classes)``.
-    labels: integer labels, ``log_probs.shape[:-1]``.
+    log_probs: log probabilities (or logits), ``(..., num_classes)``; no NaN.
+    labels: integer labels in ``[0, num_classes)``, ``log_probs.shape[:-1]``.
 
   Returns:
-    A float32 scalar in [0, 1].
+    A float32 scalar in [0, 1]; NaN under ``jit`` for an invalid label or a NaN.
   """
-  _check_predictions(log_probs, labels)
-  return jnp.mean(jnp.argmax(log_probs, axis=-1) == labels, dtype=jnp.float32)
-
-
-def _label_log_probs(log_probs: chex.Array, labels: chex.Array) -> chex.Array:
-  return jnp.take_along_axis(log_probs, labels[..., None], axis=-1)[..., 0]
+  valid = _check_predictions(log_probs, labels, normalized=False)
+  return nan_unless(valid, jnp.mean(predicts_label(log_probs, labels), dtype=jnp.float32))
 
 
 def negative_log_likelihood(log_probs: chex.Array, labels: chex.Array) -> chex.Array:
@@ -70,18 +174,19 @@ def negative_log_likelihood(log_probs: chex.Array, labels: chex.Array) -> chex.A
   Examples:
     >>> import jax.numpy as jnp, ivon_optax
     >>> log_probs = jnp.log(jnp.array([[0.5, 0.5], [0.25, 0.75]]))
-    >>> float(ivon_optax.metrics.negative_log_likelihood(log_probs, jnp.array([0, 1])))  # (ln 2 + ln 4/3) / 2
+    >>> nll = ivon_optax.metrics.negative_log_likelihood(log_probs, jnp.array([0, 1]))
+    >>> float(nll)  # (ln 2 + ln 4/3) / 2
     0.490...
 
   Args:
     log_probs: normalized log probabilities, ``(..., num_classes)``.
-    labels: integer labels, ``log_probs.shape[:-1]``.
+    labels: integer labels in ``[0, num_classes)``, ``log_probs.shape[:-1]``.
 
   Returns:
-    A scalar in nats, >= 0.
+    A scalar in nats, >= 0; NaN under ``jit`` for invalid input.
   """
-  _check_predictions(log_probs, labels)
-  return -jnp.mean(_label_log_probs(log_probs, labels))
+  valid = _check_predictions(log_probs, labels)
+  return nan_unless(valid, -jnp.mean(label_log_probs(log_probs, labels)))
 
 
 def brier_score(log_probs: chex.Array, labels: chex.Array) -> chex.Array:
@@ -100,15 +205,15 @@ def brier_score(log_probs: chex.Array, labels: chex.Array) -> chex.Array:
 
   Args:
     log_probs: normalized log probabilities, ``(..., num_classes)``.
-    labels: integer labels, ``log_probs.shape[:-1]``.
+    labels: integer labels in ``[0, num_classes)``, ``log_probs.shape[:-1]``.
 
   Returns:
-    A scalar in [0, 2].
+    A scalar in [0, 2]; NaN under ``jit`` for invalid input.
   """
-  _check_predictions(log_probs, labels)
+  valid = _check_predictions(log_probs, labels)
   probs = jnp.exp(log_probs)
   one_hot = jax.nn.one_hot(labels, jnp.shape(log_probs)[-1], dtype=probs.dtype)
-  return jnp.mean(jnp.sum(jnp.square(probs - one_hot), axis=-1))
+  return nan_unless(valid, jnp.mean(jnp.sum(jnp.square(probs - one_hot), axis=-1)))
 
 
 class CalibrationBins(NamedTuple):
@@ -117,11 +222,6 @@ class CalibrationBins(NamedTuple):
   count: chex.Array  # shape=(num_bins,), int32: examples whose confidence falls in the bin.
   accuracy: chex.Array  # shape=(num_bins,), float32: their accuracy (0 for an empty bin).
   confidence: chex.Array  # shape=(num_bins,), float32: their mean confidence (0 if empty).
-
-
-def _check_num_bins(num_bins) -> None:
-  if isinstance(num_bins, bool) or not isinstance(num_bins, int) or num_bins < 1:
-    raise ValueError(f"`num_bins` must be a positive Python int (e.g. 15), got {num_bins!r}.")
 
 
 def calibration_bins(
@@ -138,56 +238,62 @@ def calibration_bins(
     >>> import jax.numpy as jnp, ivon_optax
     >>> log_probs = jnp.log(jnp.array([[0.9, 0.1], [0.3, 0.7], [0.6, 0.4]]))
     >>> bins = ivon_optax.metrics.calibration_bins(log_probs, jnp.array([0, 0, 0]), num_bins=2)
-    >>> bins.count, bins.accuracy, bins.confidence
-    (Array([0, 3], dtype=int32), Array([0.       , 0.6666667], dtype=float32), Array([0.       , 0.7333333], dtype=float32))
+    >>> bins.count
+    Array([0, 3], dtype=int32)
+    >>> bins.accuracy, bins.confidence
+    (Array([0.       , 0.6666667], dtype=float32), Array([0.       , 0.7333333], dtype=float32))
 
   Args:
     log_probs: normalized log probabilities, ``(..., num_classes)``.
-    labels: integer labels, ``log_probs.shape[:-1]``.
-    num_bins: :math:`B`, the number of equal-width bins on [0, 1] (a Python int).
+    labels: integer labels in ``[0, num_classes)``, ``log_probs.shape[:-1]``.
+    num_bins: :math:`B`, the number of equal-width bins on [0, 1] (an integer).
 
   Returns:
-    A :class:`CalibrationBins`.
+    A :class:`CalibrationBins`. Under ``jit``, invalid input makes its
+    ``accuracy`` and ``confidence`` NaN.
   """
-  _check_predictions(log_probs, labels)
-  _check_num_bins(num_bins)
+  num_bins = check_count("num_bins", num_bins, fix="Use e.g. num_bins=15.")
+  valid = _check_predictions(log_probs, labels)
   log_probs = jnp.reshape(log_probs, (-1, jnp.shape(log_probs)[-1]))
   labels = jnp.reshape(labels, (-1,))
   confidence = jnp.exp(jnp.max(log_probs, axis=-1)).astype(jnp.float32)
-  correct = (jnp.argmax(log_probs, axis=-1) == labels).astype(jnp.float32)
+  correct = predicts_label(log_probs, labels).astype(jnp.float32)
   # Right-closed bins: a confidence of exactly b/B belongs to bin b.
   bin_index = jnp.clip(jnp.ceil(confidence * num_bins).astype(jnp.int32) - 1, 0, num_bins - 1)
   count = jax.ops.segment_sum(jnp.ones_like(bin_index), bin_index, num_segments=num_bins)
   safe_count = jnp.maximum(count, 1).astype(jnp.float32)
-  return CalibrationBins(
-    count=count,
-    accuracy=jax.ops.segment_sum(correct, bin_index, num_segments=num_bins) / safe_count,
-    confidence=jax.ops.segment_sum(confidence, bin_index, num_segments=num_bins) / safe_count,
-  )
+
+  def bin_mean(values):
+    return nan_unless(
+      valid, jax.ops.segment_sum(values, bin_index, num_segments=num_bins) / safe_count
+    )
+
+  return CalibrationBins(count=count, accuracy=bin_mean(correct), confidence=bin_mean(confidence))
 
 
 def expected_calibration_error(
   log_probs: chex.Array, labels: chex.Array, num_bins: int = 15
 ) -> chex.Array:
-  r"""Expected calibration error with equal-width bins, :math:`\sum_b \tfrac{n_b}{N} |\mathrm{acc}_b - \mathrm{conf}_b|`.
+  r"""Expected calibration error, :math:`\sum_b \tfrac{n_b}{N} |\mathrm{acc}_b - \mathrm{conf}_b|`.
 
   The standard absolute-gap ECE (Naeini et al., 2015; Guo et al., 2017) over
-  the bins of :func:`calibration_bins`: confidence is the top-class
+  the equal-width bins of :func:`calibration_bins`: confidence is the top-class
   probability, 15 bins by default.
 
   Examples:
     >>> import jax.numpy as jnp, ivon_optax
     >>> log_probs = jnp.log(jnp.array([[0.9, 0.1], [0.3, 0.7], [0.6, 0.4]]))
-    >>> float(ivon_optax.metrics.expected_calibration_error(log_probs, jnp.array([0, 0, 0]), num_bins=2))
+    >>> ece = ivon_optax.metrics.expected_calibration_error(log_probs, jnp.array([0, 0, 0]), 2)
+    >>> float(ece)
     0.0666...
 
   Args:
     log_probs: normalized log probabilities, ``(..., num_classes)``.
-    labels: integer labels, ``log_probs.shape[:-1]``.
-    num_bins: the number of equal-width bins on [0, 1].
+    labels: integer labels in ``[0, num_classes)``, ``log_probs.shape[:-1]``.
+    num_bins: the number of equal-width bins on [0, 1] (an integer).
 
   Returns:
-    A float32 scalar in [0, 1].
+    A float32 scalar in [0, 1]; NaN under ``jit`` for invalid input.
   """
   bins = calibration_bins(log_probs, labels, num_bins)
   weights = bins.count.astype(jnp.float32) / jnp.sum(bins.count)
@@ -210,14 +316,13 @@ def predictive_entropy(log_probs: chex.Array) -> chex.Array:
     log_probs: normalized log probabilities, ``(..., num_classes)``.
 
   Returns:
-    The entropies, shape ``log_probs.shape[:-1]``.
+    The entropies, shape ``log_probs.shape[:-1]``; NaN under ``jit`` for a
+    row that is not normalized.
   """
-  if jnp.ndim(log_probs) < 1:
-    raise ValueError(
-      f"`log_probs` must have a class axis (last); got shape {jnp.shape(log_probs)}."
-    )
+  _check_class_axis(log_probs)
+  valid = _normalized_rows(log_probs)
   terms = -jnp.exp(log_probs) * log_probs
-  return jnp.sum(jnp.where(jnp.isneginf(log_probs), 0.0, terms), axis=-1)
+  return nan_unless(valid, jnp.sum(jnp.where(jnp.isneginf(log_probs), 0.0, terms), axis=-1))
 
 
 def auroc(scores: chex.Array, labels: chex.Array) -> chex.Array:
@@ -232,8 +337,10 @@ def auroc(scores: chex.Array, labels: chex.Array) -> chex.Array:
 
   where :math:`r_i` is the rank of :math:`s_i` among all scores and tied
   scores share their average rank. Equals scikit-learn's ``roc_auc_score``;
-  1 means every positive scores higher than every negative, 0.5 is chance. It
-  is NaN when either class is empty.
+  1 means every positive scores higher than every negative, 0.5 is chance.
+  Like scikit-learn, it refuses NaN scores, labels other than 0/1 and a
+  class with no examples (NaN under ``jit``); infinite scores rank as the
+  extremes.
 
   Examples:
     >>> import jax.numpy as jnp, ivon_optax
@@ -244,7 +351,8 @@ def auroc(scores: chex.Array, labels: chex.Array) -> chex.Array:
   Args:
     scores: one score per example, higher meaning "more likely positive";
       any shape.
-    labels: booleans (or 0/1) of the same shape, true for positives.
+    labels: booleans (or 0/1) of the same shape, true for positives; both
+      classes present.
 
   Returns:
     A float32 scalar in [0, 1].
@@ -254,17 +362,32 @@ def auroc(scores: chex.Array, labels: chex.Array) -> chex.Array:
       f"`labels` has shape {jnp.shape(labels)} but `scores` has shape "
       f"{jnp.shape(scores)}: pass one label per score."
     )
-  scores = jnp.ravel(scores)
-  positive = jnp.ravel(labels).astype(bool)
+  scores, labels = jnp.ravel(jnp.asarray(scores)), jnp.ravel(jnp.asarray(labels))
+  valid = jnp.all(require(~jnp.isnan(scores), scores, "`scores` must not be NaN; found {}."))
+  valid &= jnp.all(
+    require(
+      (labels == 0) | (labels == 1),
+      labels,
+      "`labels` must be booleans or 0/1 (true for positives); found {}.",
+    )
+  )
+  positive = labels.astype(bool)
+  num_positive = jnp.sum(positive, dtype=jnp.float32)
+  num_negative = jnp.float32(jnp.size(scores)) - num_positive
+  valid &= require(
+    (num_positive > 0) & (num_negative > 0),
+    num_positive,
+    "AUROC needs at least one positive and one negative example; found {} positives "
+    f"among {jnp.size(scores)} examples.",
+  )
   sorted_scores = jnp.sort(scores)
   below = jnp.searchsorted(sorted_scores, scores, side="left")
   at_or_below = jnp.searchsorted(sorted_scores, scores, side="right")
   # 1-based average rank of each score among ties: below + (ties + 1) / 2.
   ranks = (below + at_or_below + 1).astype(jnp.float32) / 2.0
-  num_positive = jnp.sum(positive, dtype=jnp.float32)
-  num_negative = jnp.float32(jnp.size(scores)) - num_positive
   rank_sum = jnp.sum(jnp.where(positive, ranks, 0.0))
-  return (rank_sum - num_positive * (num_positive + 1.0) / 2.0) / (num_positive * num_negative)
+  area = (rank_sum - num_positive * (num_positive + 1.0) / 2.0) / (num_positive * num_negative)
+  return nan_unless(valid, area)
 
 
 def ood_auroc(in_scores: chex.Array, out_scores: chex.Array) -> chex.Array:
@@ -280,12 +403,17 @@ def ood_auroc(in_scores: chex.Array, out_scores: chex.Array) -> chex.Array:
     0.75
 
   Args:
-    in_scores: scores of in-distribution inputs (e.g. predictive entropies), any shape.
-    out_scores: scores of out-of-distribution inputs, any shape.
+    in_scores: scores of in-distribution inputs (e.g. predictive entropies),
+      any shape, at least one, no NaN.
+    out_scores: scores of out-of-distribution inputs, any shape, at least
+      one, no NaN.
 
   Returns:
-    A float32 scalar in [0, 1].
+    A float32 scalar in [0, 1]; NaN under ``jit`` for a NaN score.
   """
+  for name, value in (("in_scores", in_scores), ("out_scores", out_scores)):
+    if jnp.size(value) == 0:
+      raise ValueError(f"`{name}` is empty: the AUROC needs at least one score of each kind.")
   in_scores, out_scores = jnp.ravel(in_scores), jnp.ravel(out_scores)
   scores = jnp.concatenate([in_scores, out_scores])
   labels = jnp.concatenate([jnp.zeros(in_scores.shape, bool), jnp.ones(out_scores.shape, bool)])

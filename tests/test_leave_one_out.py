@@ -1,6 +1,9 @@
-"""Tests of ivon_optax.sensitivity: the leave-one-out formulas and their use during training."""
+"""Tests of ivon_optax.sensitivity.leave_one_out: the formulas and their use during training."""
+
+from typing import NamedTuple
 
 import chex
+import helpers
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,7 +14,6 @@ from hypothesis import settings
 from hypothesis import strategies as st
 
 import ivon_optax
-import helpers as common
 
 
 @settings(max_examples=10, deadline=None)
@@ -46,13 +48,13 @@ def test_loo_from_change_rejects_bad_shapes():
 
 
 def test_leave_one_out_is_the_sensitivity_change():
-  params = common.init_mlp(jax.random.key(0), [4, 6, 3])
+  params = helpers.init_mlp(jax.random.key(0), [4, 6, 3])
   state = ivon_optax.ivon(0.1, ess=20.0, hess_init=0.3).init(params)
   inputs = jax.random.normal(jax.random.key(1), (20, 4))
   labels = jnp.arange(20) % 3
-  estimate = ivon_optax.sensitivity.leave_one_out(common.mlp_apply, state, params, inputs, labels)
+  estimate = ivon_optax.sensitivity.leave_one_out(helpers.mlp_apply, state, params, inputs, labels)
   sensitivity = ivon_optax.sensitivity.classification_sensitivity(
-    common.mlp_apply, state, params, inputs, labels
+    helpers.mlp_apply, state, params, inputs, labels
   )
   chex.assert_trees_all_close(
     estimate,
@@ -62,34 +64,53 @@ def test_leave_one_out_is_the_sensitivity_change():
 
 
 def test_leave_one_out_rejects_a_state_without_ivon():
-  params = common.init_mlp(jax.random.key(0), [4, 3])
+  params = helpers.init_mlp(jax.random.key(0), [4, 3])
   with pytest.raises(ValueError, match="IVON state"):
     ivon_optax.sensitivity.leave_one_out(
-      common.mlp_apply, optax.sgd(0.1).init(params), params, jnp.ones((5, 4)), jnp.zeros(5, int)
+      helpers.mlp_apply, optax.sgd(0.1).init(params), params, jnp.ones((5, 4)), jnp.zeros(5, int)
     )
 
 
 NUM_TRAIN = 300
 
 
+class EpochLog(NamedTuple):
+  """Per-epoch curves, each of shape ``(num_epochs,)``."""
+
+  loo_nll: np.ndarray
+  train_nll: np.ndarray
+  test_nll: np.ndarray
+
+
 def train_digits_with_loo(*, hess_init, beta2, num_epochs, learning_rate=0.3):
-  train, test = common.load_digits_splits([NUM_TRAIN, 500], seed=0)
-  params = common.init_mlp(jax.random.key(0), [64, 32, 10])
+  """Trains a digits MLP with IVON; after every epoch records the LOO estimate and test NLL."""
+  train, test = helpers.load_digits_splits([NUM_TRAIN, 500], seed=0)
+  params = helpers.init_mlp(jax.random.key(0), [64, 32, 10])
   steps_per_epoch = 10
   schedule = optax.cosine_decay_schedule(learning_rate, num_epochs * steps_per_epoch, 0.05)
   tx = ivon_optax.ivon(
     schedule, ess=float(NUM_TRAIN), hess_init=hess_init, beta2=beta2, weight_decay=1e-3
   )
-  return common.train_with_loo(
-    jax.random.key(1),
-    tx,
-    params,
-    train,
-    test,
-    num_epochs=num_epochs,
-    steps_per_epoch=steps_per_epoch,
-    batch_size=32,
-  )[2]
+  opt_state = tx.init(params)
+  inputs, labels = jnp.asarray(train.inputs), jnp.asarray(train.labels)
+  rows = []
+  for epoch in range(num_epochs):
+    params, opt_state = helpers.train_ivon(
+      jax.random.fold_in(jax.random.key(1), epoch),
+      tx,
+      params,
+      train,
+      num_steps=steps_per_epoch,
+      batch_size=32,
+      opt_state=opt_state,
+    )
+    estimate = ivon_optax.sensitivity.leave_one_out(
+      helpers.mlp_apply, opt_state, params, inputs, labels
+    )
+    rows.append(
+      (estimate.nll, estimate.train_nll, helpers.mean_nll(params, test.inputs, test.labels))
+    )
+  return EpochLog(*np.asarray(jax.device_get(rows), dtype=np.float64).T)
 
 
 def test_loo_tracks_test_nll_across_epochs_and_stops_early_well():
