@@ -187,7 +187,9 @@ def _concrete_value(name: str, value) -> float | None:
     array = np.asarray(value)
   except (TypeError, ValueError) as error:
     raise TypeError(f"`{name}` must be a real number; got {type(value).__name__}.") from error
-  if array.dtype.kind not in "biuf":
+  if not (jnp.issubdtype(array.dtype, jnp.number) or array.dtype == bool) or jnp.issubdtype(
+    array.dtype, jnp.complexfloating
+  ):
     raise TypeError(
       f"`{name}` must be a real number; got {type(value).__name__} {value!r} "
       f"(dtype {array.dtype}). Pass e.g. {name}=10.0."
