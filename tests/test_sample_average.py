@@ -76,7 +76,8 @@ def test_statistic_must_match_hess_approx():
   params = make_params()
   tx = ivon_optax.ivon(0.1, ESS, hess_approx="gradsq")
   state = tx.init(params)
-  average = ivon_optax.init_sample_average(params, "price")
+  empty = ivon_optax.init_sample_average(params, "price")
+  average = ivon_optax.add_sample(empty, params, params)
   with pytest.raises(ValueError, match="hess_approx='gradsq'"):
     tx.update(average.grads, state, params, samples=average)
   with pytest.raises(ValueError, match="not both"):
