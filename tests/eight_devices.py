@@ -1,4 +1,4 @@
-"""IVON on 8 simulated CPU devices: mesh data parallelism (flavour 1) and per-device noise (flavour 2).
+"""IVON on 8 simulated CPU devices: mesh data parallelism (1) and per-device noise (2).
 
 Not collected with the rest of the suite, which keeps one device:
 ``tests/test_sharding.py::test_eight_device_suite`` runs this file in its
