@@ -15,6 +15,7 @@ from ivon_optax import predict
 from ivon_optax import random
 from ivon_optax import sensitivity
 from ivon_optax import sharding
+from ivon_optax._src.diagnostics import diagnostics
 from ivon_optax._src.sample_average import SampleAverage
 from ivon_optax._src.sample_average import add_sample
 from ivon_optax._src.sample_average import average_samples
@@ -35,6 +36,7 @@ __all__ = (
   "SampleAverage",
   "add_sample",
   "average_samples",
+  "diagnostics",
   "find_ivon_state",
   "init_sample_average",
   "ivon",

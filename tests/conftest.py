@@ -15,7 +15,7 @@ def params():
 def pytest_ignore_collect(collection_path: pathlib.Path, config):
   """Collect ``eight_devices.py`` only in the 8-device process that runs it.
 
-  ``test_distributed.py`` runs it in a subprocess with 8 simulated devices; the
+  ``test_sharding.py`` runs it in a subprocess with 8 simulated devices; the
   rest of the suite keeps one device and would otherwise import it (for
   doctests) only to skip it.
   """

@@ -2,7 +2,7 @@
 
 Shared by ``tests/eight_devices.py`` (one process, 8 simulated devices),
 ``tests/multihost_worker.py`` (2 processes of 4 devices) and
-``tests/test_distributed.py`` (the single-device references). Not collected by
+``tests/test_sharding.py`` (the single-device references). Not collected by
 pytest on its own.
 """
 

@@ -1,7 +1,7 @@
-"""IVON on 8 simulated CPU devices: mesh data parallelism (flavour 1) and per-device noise (flavour 2).
+"""IVON on 8 simulated CPU devices: mesh data parallelism (1) and per-device noise (2).
 
 Not collected with the rest of the suite, which keeps one device:
-``tests/test_distributed.py::test_eight_device_suite`` runs this file in its
+``tests/test_sharding.py::test_eight_device_suite`` runs this file in its
 own process with ``--xla_force_host_platform_device_count=8``. To run it by
 hand: ``XLA_FLAGS=--xla_force_host_platform_device_count=8 PYTHONPATH=.
 python -m pytest tests/eight_devices.py``.
@@ -32,7 +32,7 @@ if jax.device_count() != NUM_DEVICES:
   # Also reached when pytest imports every module for doctests.
   pytest.skip(
     f"needs {NUM_DEVICES} devices, found {jax.device_count()}: "
-    "tests/test_distributed.py::test_eight_device_suite runs it with 8.",
+    "tests/test_sharding.py::test_eight_device_suite runs it with 8.",
     allow_module_level=True,
   )
 

@@ -1,6 +1,6 @@
 """One process of a 2-process IVON run (flavour 2) over CPU collectives (gloo).
 
-``tests/test_distributed.py::test_two_processes_agree_with_one`` starts two of
+``tests/test_sharding.py::test_two_processes_agree_with_one`` starts two of
 these; each owns 4 CPU devices, the mesh spans all 8, and every device draws
 its own weight sample. Usage::
 

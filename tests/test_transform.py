@@ -156,7 +156,8 @@ def test_bf16_params_keep_dtype_and_state_is_float32():
   _, noise = ivon_optax.sample_params(jax.random.key(0), state, params)
   updates, _ = tx.update(params, state, params, noise=noise)
   chex.assert_trees_all_equal_dtypes(updates, params)
-  wide = ivon_optax.ivon(LR, ESS, state_dtype=jnp.bfloat16).init(params)
+  with pytest.warns(UserWarning, match="state_dtype"):
+    wide = ivon_optax.ivon(LR, ESS, state_dtype=jnp.bfloat16).init(params)
   assert jax.tree.leaves(ivon_optax.find_ivon_state(wide).hess)[0].dtype == jnp.bfloat16
 
 

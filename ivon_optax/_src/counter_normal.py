@@ -161,7 +161,7 @@ def cos_turns(turns: chex.Array) -> chex.Array:
 
 
 def open_unit_uniform(bits: chex.Array) -> chex.Array:
-  r"""Float32 uniforms :math:`(k + \tfrac12)/2^{24} \in (0, 1)` from the top 24 bits :math:`k` of ``bits``.
+  r"""Float32 uniforms :math:`(k + \tfrac12)/2^{24} \in (0, 1)`, :math:`k` the top 24 bits.
 
   Every value is exact in float32, and neither 0 nor 1 occurs.
 
@@ -184,7 +184,9 @@ def _seeds(key: chex.PRNGKey, count: int) -> chex.Array:
 def counter_normal(
   key: chex.PRNGKey, shape: Sequence[int] = (), dtype: Any = jnp.float32
 ) -> chex.Array:
-  r"""Standard normal draws, a deterministic function of ``key``, several times faster than ``jax.random.normal`` on CPU.
+  r"""Standard normal draws, a deterministic function of ``key``.
+
+  Several times faster than ``jax.random.normal`` on CPU.
 
   With :math:`n` draws in C order and :math:`P = \lceil n/2 \rceil` pairs, pair
   :math:`j` gives

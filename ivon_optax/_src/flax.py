@@ -138,7 +138,7 @@ class TrainState(train_state.TrainState):
   collections: core.FrozenDict[str, Any] = struct.field(pytree_node=True, default_factory=dict)
 
   def variables(self, params: Any | None = None) -> dict:
-    """The Linen variables ``{'params': params, **collections}``; ``params`` defaults to the mean."""
+    """The Linen variables ``{'params': params, **collections}``, by default at the mean."""
     return _linen_variables(self.params if params is None else params, self.collections)
 
   def sample_params(self, key: chex.PRNGKey) -> tuple[Any, Any]:
@@ -187,7 +187,10 @@ class TrainState(train_state.TrainState):
     batch_size: int | None = None,
     **apply_kwargs: Any,
   ) -> Any:
-    """The model's outputs at ``num_samples`` weight samples, stacked; see :func:`sample_linen_outputs`."""
+    """The model's outputs at ``num_samples`` weight samples, stacked.
+
+    See :func:`sample_linen_outputs`.
+    """
     return sample_linen_outputs(
       key,
       self.apply_fn,

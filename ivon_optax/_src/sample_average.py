@@ -145,7 +145,13 @@ def average_samples(
       "`grads` must carry a leading sample axis (e.g. from jax.vmap over "
       "keys); for one sample pass `noise=` to tx.update instead."
     )
-  num_samples = jnp.shape(leaves[0])[0]
+  sizes = {jnp.shape(g)[0] for g in leaves}
+  if len(sizes) != 1:
+    raise ValueError(
+      f"`grads` leaves have different leading sample axes {sorted(sizes)}: stack "
+      "the same S samples in every leaf (jax.vmap over S keys)."
+    )
+  num_samples = sizes.pop()
 
   def mean(statistic):
     return jax.tree.map(

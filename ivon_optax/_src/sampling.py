@@ -3,7 +3,8 @@ r"""Drawing weights from IVON's posterior :math:`\mathcal{N}(m, \sigma^2)`.
 The functions here take the optimizer state, find the :class:`IVONState` in it
 (inside ``chain``, ``inject_hyperparams``, ``MultiSteps``, ``masked``,
 ``partition``, ...) and read :math:`\sigma = 1/\sqrt{\lambda (h + \delta)}`
-from it. Leaves IVON does not manage get zero noise.
+from it. Leaves IVON does not manage (masked out, with full or prefix masks,
+or integer and boolean leaves) get zero noise.
 """
 
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from ivon_optax._src import trees as _trees
 from ivon_optax._src.checks import check_key
 from ivon_optax._src.counter_normal import counter_normal
 from ivon_optax._src.transform import IVONState
+from ivon_optax._src.transform import precision_per_example
 
 Sampler = Callable[[chex.PRNGKey, Any, Any], chex.Array]
 
@@ -42,10 +44,34 @@ def find_ivon_state(state: optax.OptState) -> IVONState:
   return found[0]
 
 
+def _aligned_state(state: optax.OptState, params: optax.Params) -> IVONState:
+  """The :class:`IVONState` in ``state``, its per-parameter trees lined up with ``params``.
+
+  Prefix masks of ``optax.masked``/``optax.partition`` leave one ``MaskedNode``
+  for a whole subtree; it is expanded here.
+  """
+  ivon_state = find_ivon_state(state)
+  hess = _trees.expand_masked(ivon_state.hess, params)
+  fix = "Pass the params this optimizer state was created for."
+  _trees.check_like_params("params", params, hess, fix, like="the IVON state's buffers")
+  return ivon_state._replace(
+    hess=hess,
+    momentum=_trees.expand_masked(ivon_state.momentum, params),
+    weight_decay=_trees.expand_masked(ivon_state.weight_decay, params),
+  )
+
+
+def _precision(ivon_state: IVONState, hess, weight_decay):
+  # Floored like the update's h + delta, so that sigma stays finite.
+  precision = ivon_state.ess.astype(hess.dtype) * precision_per_example(hess, weight_decay)
+  return jnp.maximum(precision, jnp.finfo(hess.dtype).tiny)
+
+
 def posterior_precision(state: optax.OptState, params: optax.Params) -> optax.Params:
   r"""IVON's posterior precision :math:`\lambda (h + \delta) = 1/\sigma^2`, like ``params``.
 
-  Leaves that IVON does not manage get precision 0 (no information).
+  Leaves that IVON does not manage (masked out, or integer and boolean
+  leaves) get precision 0 (no information).
 
   Examples:
     >>> import jax.numpy as jnp, ivon_optax
@@ -61,14 +87,10 @@ def posterior_precision(state: optax.OptState, params: optax.Params) -> optax.Pa
   Returns:
     A pytree like ``params``, in IVON's state dtype (float32 at least).
   """
-  ivon_state = find_ivon_state(state)
-  fix = "Pass the params this optimizer state was created for."
-  _trees.check_like_params("params", params, ivon_state.hess, fix, like="the IVON state's buffers")
+  ivon_state = _aligned_state(state, params)
   return jax.tree.map(
     lambda h, d, p: (
-      jnp.zeros(jnp.shape(p), jnp.float32)
-      if _trees.is_masked(h)
-      else ivon_state.ess.astype(h.dtype) * (h + d)
+      jnp.zeros(jnp.shape(p), jnp.float32) if _trees.is_masked(h) else _precision(ivon_state, h, d)
     ),
     ivon_state.hess,
     ivon_state.weight_decay,
@@ -82,12 +104,24 @@ def posterior_std(state: optax.OptState, params: optax.Params) -> optax.Params:
 
   Leaves that IVON does not manage get 0. Each leaf has its param's shape and
   IVON's state dtype (float32 at least).
+
+  Examples:
+    >>> import jax.numpy as jnp, ivon_optax
+    >>> params = {"w": jnp.zeros(2)}
+    >>> state = ivon_optax.ivon(0.1, ess=4.0, hess_init=1.0, weight_decay=0.0).init(params)
+    >>> ivon_optax.posterior_std(state, params)["w"]
+    Array([0.5, 0.5], dtype=float32)
   """
-  precision = posterior_precision(state, params)
+  ivon_state = _aligned_state(state, params)
   return jax.tree.map(
-    lambda h, prec: prec if _trees.is_masked(h) else jax.lax.rsqrt(prec),
-    find_ivon_state(state).hess,
-    precision,
+    lambda h, d, p: (
+      jnp.zeros(jnp.shape(p), jnp.float32)
+      if _trees.is_masked(h)
+      else jax.lax.rsqrt(_precision(ivon_state, h, d))
+    ),
+    ivon_state.hess,
+    ivon_state.weight_decay,
+    params,
     is_leaf=_trees.is_masked,
   )
 
@@ -107,7 +141,9 @@ def sample_params(
   *,
   sampler: Sampler = counter_normal,
 ) -> tuple[optax.Params, optax.Params]:
-  r"""Draws one weight sample :math:`\theta = m + \sigma \odot \epsilon`, :math:`\epsilon \sim \mathcal{N}(0, I)`.
+  r"""Draws one weight sample :math:`\theta = m + \sigma \odot \epsilon`.
+
+  :math:`\epsilon \sim \mathcal{N}(0, I)`.
 
   Examples:
     >>> import jax, jax.numpy as jnp, ivon_optax
@@ -133,7 +169,7 @@ def sample_params(
   """
   check_key(key)
   std = posterior_std(state, params)
-  ivon_state = find_ivon_state(state)
+  ivon_state = _aligned_state(state, params)
   normals = optax.tree.random_like(key, ivon_state.hess, sampler=sampler)
 
   def draw(h, eps, sigma, param):

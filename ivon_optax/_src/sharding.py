@@ -20,6 +20,7 @@ import jax
 import optax
 
 from ivon_optax._src import trees as _trees
+from ivon_optax._src.transform import IVONState
 
 
 def _param_sharding(param: Any) -> jax.sharding.Sharding:
@@ -45,32 +46,46 @@ def _replicated(sharding: jax.sharding.Sharding) -> jax.sharding.Sharding:
   )
 
 
+def _param_like_leaves(node: Any, params: Any) -> list | None:
+  """``[(path, leaf, param)]`` for the arrays of ``node`` if it is laid out like ``params``.
+
+  ``None`` if it is not.
+
+  A subtree is like the params when it has their tree structure, up to
+  ``MaskedNode`` s standing for masked leaves or, with the prefix masks of
+  ``optax.masked`` / ``optax.partition``, for whole masked subtrees, and every
+  other leaf has its param's shape.
+  """
+  treedef = jax.tree.structure(node, is_leaf=_trees.is_masked)
+  try:
+    param_nodes = treedef.flatten_up_to(params)
+  except (ValueError, TypeError):
+    return None
+  found = []
+  paths_and_leaves = jax.tree_util.tree_flatten_with_path(node, is_leaf=_trees.is_masked)[0]
+  for (path, leaf), param in zip(paths_and_leaves, param_nodes, strict=True):
+    if _trees.is_masked(leaf) or _trees.is_masked(param):
+      continue
+    is_leaf = jax.tree_util.treedef_is_leaf(jax.tree.structure(param, is_leaf=_trees.is_masked))
+    if not is_leaf or getattr(leaf, "shape", None) != getattr(param, "shape", None):
+      return None
+    found.append((path, leaf, param))
+  return found
+
+
 def _map_param_like(state: Any, params: Any, on_params, on_other):
   """Maps ``on_params`` over subtrees of ``state`` laid out like ``params``.
 
-  A subtree is like the params when it has their tree structure and every leaf
-  has its param's shape (masked positions, from ``optax.masked`` or
-  ``optax.partition``, accept anything). ``on_params(subtree, path)`` returns
-  the new subtree; every other leaf goes to ``on_other(leaf, path)``.
+  ``on_params(subtree, path, leaves)`` gets the arrays of the subtree as
+  :func:`_param_like_leaves` lists them and returns the new subtree; every
+  other leaf goes to ``on_other(leaf, path)``.
   """
-  treedef = jax.tree.structure(params, is_leaf=_trees.is_masked)
-  param_leaves = treedef.flatten_up_to(params)
-
-  def is_param_like(node) -> bool:
-    try:
-      leaves = treedef.flatten_up_to(node)
-    except (ValueError, TypeError):
-      return False
-    return all(
-      _trees.is_masked(leaf)
-      or _trees.is_masked(param)
-      or getattr(leaf, "shape", None) == getattr(param, "shape", None)
-      for leaf, param in zip(leaves, param_leaves)
-    )
+  _check_ivon_buffers(state, params)
 
   def visit(path, node):
-    if is_param_like(node):
-      return on_params(node, path)
+    leaves = _param_like_leaves(node, params)
+    if leaves is not None:
+      return on_params(node, path, leaves)
     if jax.tree_util.all_leaves([node]):
       return on_other(node, path)
     one_level = lambda child: child is not node and child is not None
@@ -79,6 +94,19 @@ def _map_param_like(state: Any, params: Any, on_params, on_other):
     return node_def.unflatten([visit(path + key, child) for key, child in children])
 
   return visit((), state)
+
+
+def _check_ivon_buffers(state: Any, params: Any) -> None:
+  """Raises a ``ValueError`` if an IVON state in ``state`` was made for other params."""
+  is_ivon = lambda node: isinstance(node, IVONState)
+  for node in jax.tree.leaves(state, is_leaf=is_ivon):
+    if is_ivon(node) and _param_like_leaves(node.hess, params) is None:
+      raise ValueError(
+        "The IVON state's buffers are not laid out like `params` (tree "
+        f"{jax.tree.structure(node.hess, is_leaf=_trees.is_masked)} vs "
+        f"{jax.tree.structure(params, is_leaf=_trees.is_masked)}, or other "
+        "shapes): pass the params this optimizer state was created for."
+      )
 
 
 def state_sharding(state: optax.OptState, params: optax.Params) -> Any:
@@ -122,23 +150,21 @@ def state_sharding(state: optax.OptState, params: optax.Params) -> Any:
   if not sharding_leaves:
     raise ValueError("`params` holds no arrays to take shardings from.")
   replicated = _replicated(sharding_leaves[0])
-  treedef = jax.tree.structure(params, is_leaf=_trees.is_masked)
 
-  def like_params(node, path):
-    del path
-    leaves = treedef.flatten_up_to(node)
-    return treedef.unflatten(
-      [
-        leaf if _trees.is_masked(leaf) else sharding
-        for leaf, sharding in zip(leaves, treedef.flatten_up_to(shardings))
-      ]
+  def like_params(node, path, leaves):
+    del path, leaves
+    return jax.tree.map(
+      lambda leaf, param: leaf if _trees.is_masked(leaf) else _param_sharding(param),
+      node,
+      params,
+      is_leaf=_trees.is_masked,
     )
 
   return _map_param_like(state, params, like_params, lambda node, path: replicated)
 
 
 def check_state_sharding(state: optax.OptState, params: optax.Params) -> None:
-  """Raises a ``ValueError`` unless each per-parameter buffer of ``state`` is sharded like its param.
+  """Raises a ``ValueError`` unless each per-parameter buffer of ``state`` is placed like its param.
 
   A buffer sharded differently from its param makes every update reshard it
   (a hidden all-gather or all-to-all each step) or, with FSDP, keeps a whole
@@ -157,21 +183,15 @@ def check_state_sharding(state: optax.OptState, params: optax.Params) -> None:
 
   Raises:
     ValueError: naming the first state leaf whose sharding differs from its
-      param's, with both shardings.
+      param's, with both shardings; or if the IVON state was made for other
+      params.
   """
-  treedef = jax.tree.structure(params, is_leaf=_trees.is_masked)
-  param_leaves = treedef.flatten_up_to(params)
-  param_paths = [
-    jax.tree_util.keystr(path)
-    for path, _ in jax.tree_util.tree_flatten_with_path(params, is_leaf=_trees.is_masked)[0]
-  ]
 
-  def check(node, path):
-    for leaf, param, param_path in zip(treedef.flatten_up_to(node), param_leaves, param_paths):
-      if _trees.is_masked(leaf) or _trees.is_masked(param):
-        continue
+  def check(node, path, leaves):
+    for leaf_path, leaf, param in leaves:
       leaf_sharding, sharding = _param_sharding(leaf), _param_sharding(param)
       if not leaf_sharding.is_equivalent_to(sharding, param.ndim):
+        param_path = jax.tree_util.keystr(leaf_path)
         raise ValueError(
           f"The optimizer state at {jax.tree_util.keystr(path)}{param_path} is "
           f"sharded as {_describe(leaf_sharding)}, but its param {param_path} is "

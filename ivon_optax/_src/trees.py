@@ -39,7 +39,7 @@ def check_like_params(name: str, tree: Any, params: Any, fix: str, like: str = "
       f"{jax.tree.structure(tree)}, expected {treedef}. {fix}"
     ) from error
   paths = jax.tree_util.tree_flatten_with_path(params, is_leaf=is_masked)[0]
-  for (path, param), leaf in zip(paths, leaves):
+  for (path, param), leaf in zip(paths, leaves, strict=True):
     if is_masked(param) or is_masked(leaf):
       continue
     if jax.numpy.shape(leaf) != jax.numpy.shape(param):
@@ -61,3 +61,33 @@ def map_unmasked(fn, tree: Any, *rest: Any) -> Any:
     return node if is_masked(node) else fn(node, *others)
 
   return jax.tree.map(apply, tree, *rest, is_leaf=is_masked)
+
+
+def expand_masked(tree: Any, params: Any) -> Any:
+  """``tree`` with each ``MaskedNode`` expanded to the subtree of ``params`` it stands for.
+
+  ``optax.masked`` and ``optax.partition`` accept *prefix* masks and labels
+  (``{"encoder": False}`` for a whole subtree); the state of the transform
+  inside then holds one ``MaskedNode`` where the params hold a subtree. After
+  this, ``tree`` lines up leaf for leaf with ``params``.
+
+  Raises:
+    ValueError: if ``tree`` is not ``params``' structure with some subtrees
+      masked.
+  """
+
+  def expand(node, subtree):
+    if is_masked(node):
+      return jax.tree.map(lambda _: optax.MaskedNode(), subtree, is_leaf=is_masked)
+    if not jax.tree_util.treedef_is_leaf(jax.tree.structure(subtree, is_leaf=is_masked)):
+      raise ValueError(f"a leaf of the state lines up with a subtree {jax.tree.structure(subtree)}")
+    return node
+
+  try:
+    return jax.tree.map(expand, tree, params, is_leaf=is_masked)
+  except (ValueError, TypeError) as error:
+    raise ValueError(
+      f"The IVON state's buffers ({jax.tree.structure(tree, is_leaf=is_masked)}) do not "
+      f"line up with `params` ({jax.tree.structure(params, is_leaf=is_masked)}). Pass the "
+      "params this optimizer state was created for."
+    ) from error

@@ -68,7 +68,7 @@ def free_port() -> int:
 
 @pytest.mark.slow
 def test_two_processes_agree_with_one(tmp_path):
-  """2 processes x 4 CPU devices (gloo), flavour 2: both end with the 8-sample single-device result."""
+  """2 processes x 4 CPU devices (gloo), flavour 2: both end at the 8-sample one-device result."""
   num_steps, port = 3, free_port()
   env = subprocess_env()
   workers = [
@@ -98,7 +98,7 @@ def test_two_processes_agree_with_one(tmp_path):
       for other in workers:
         other.kill()
       raise
-  for worker, output in zip(workers, outputs):
+  for worker, output in zip(workers, outputs, strict=True):
     assert worker.returncode == 0, output[-4000:]
 
   tx = dp.make_tx()

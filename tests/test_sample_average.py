@@ -68,18 +68,19 @@ def test_ivon_state_holds_two_param_sized_buffers():
   params = make_params()
   state = ivon_optax.find_ivon_state(ivon_optax.ivon(0.1, ESS).init(params))
   num_leaves = len(jax.tree.leaves(params))
-  # count, ess, and one weight-decay scalar per leaf besides momentum and hess.
-  assert optax.tree.size(state) == 2 * optax.tree.size(params) + 2 + num_leaves
+  # count, ess, hess_init, and one weight-decay scalar per leaf besides momentum and hess.
+  assert optax.tree.size(state) == 2 * optax.tree.size(params) + 3 + num_leaves
 
 
 def test_statistic_must_match_hess_approx():
   params = make_params()
   tx = ivon_optax.ivon(0.1, ESS, hess_approx="gradsq")
   state = tx.init(params)
-  average = ivon_optax.init_sample_average(params, "price")
+  empty = ivon_optax.init_sample_average(params, "price")
+  average = ivon_optax.add_sample(empty, params, params)
   with pytest.raises(ValueError, match="hess_approx='gradsq'"):
     tx.update(average.grads, state, params, samples=average)
-  with pytest.raises(ValueError, match="noise=noise"):
+  with pytest.raises(ValueError, match="not both"):
     tx.update(average.grads, state, params, noise=average.grads, samples=average)
 
 

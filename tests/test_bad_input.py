@@ -1,0 +1,362 @@
+"""Bad input: each row must raise a clear error or give NaN, never a wrong result."""
+
+import functools
+import warnings
+
+import chex
+import hypothesis
+import hypothesis.strategies as st
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import ivon_optax
+
+LR, ESS = 0.1, 100.0
+
+
+def _params():
+  return {"w": jnp.linspace(-1.0, 1.0, 6).reshape(3, 2), "b": jnp.zeros(2)}
+
+
+def _step(tx, params, grads=None, key=0, state=None):
+  state = tx.init(params) if state is None else state
+  _, noise = ivon_optax.sample_params(jax.random.key(key), state, params)
+  grads = jax.tree.map(jnp.ones_like, params) if grads is None else grads
+  return tx.update(grads, state, params, noise=noise)
+
+
+def _build(**kwargs):
+  return ivon_optax.ivon(**{"learning_rate": LR, "ess": ESS, **kwargs})
+
+
+def _update_with(state, params=None):
+  params = _params() if params is None else params
+  return ivon_optax.scale_by_ivon(ESS).update(params, state, params, noise=params)
+
+
+def _empty_average():
+  params = _params()
+  tx = _build()
+  average = ivon_optax.init_sample_average(params)
+  return tx.update(average.grads, tx.init(params), params, samples=average)
+
+
+def _both_noise_and_samples():
+  params = _params()
+  tx = _build()
+  average = ivon_optax.add_sample(ivon_optax.init_sample_average(params), params, params)
+  return tx.update(params, tx.init(params), params, noise=params, samples=average)
+
+
+def _mask(mask):
+  return _step(_build(weight_decay_mask=mask), _params())
+
+
+def _injected_mask_callable():
+  tx = optax.inject_hyperparams(ivon_optax.ivon)(
+    LR, ESS, weight_decay_mask=lambda p: jax.tree.map(lambda x: x.ndim > 1, p)
+  )
+  return _step(tx, _params())
+
+
+def _average_samples_of_two_sizes():
+  grads = {"a": jnp.ones((2, 3)), "b": jnp.ones((5, 3))}
+  return ivon_optax.average_samples(grads, grads)
+
+
+def _complex(where):
+  params = _params()
+  if where == "params":
+    return _build().init({"w": jnp.ones(2, jnp.complex64)})
+  grads = dict(params, b=jnp.ones(2, jnp.complex64))
+  return _step(_build(), params, grads=grads)
+
+
+def _check_other_models_sharding():
+  state = _build().init({"w": jnp.ones(3)})
+  return ivon_optax.sharding.check_state_sharding(state, {"w": jnp.ones((3, 2))})
+
+
+# (id, call, exception type, message fragment). Each row failed silently or with
+# a raw error before it was handled.
+RAISING = [
+  ("ess_numpy_0d", lambda: _build(ess=np.array(-10.0)), ValueError, "`ess`"),
+  ("lr_numpy_0d", lambda: _build(learning_rate=np.array(-0.1)), ValueError, "`learning_rate`"),
+  ("hess_init_inf", lambda: _build(hess_init=float("inf")), ValueError, "`hess_init`"),
+  ("ess_overflows_float32", lambda: _build(ess=1e39), ValueError, "`ess`"),
+  ("beta1_one_with_debias", lambda: _build(beta1=1.0), ValueError, "debias=True"),
+  ("ess_string", lambda: _build(ess="10"), TypeError, "`ess` must be a real number"),
+  ("ess_vector", lambda: _build(ess=jnp.ones(3)), TypeError, "`ess` must be a scalar"),
+  ("state_dtype_int32", lambda: _build(state_dtype=jnp.int32), TypeError, "`state_dtype`"),
+  ("adam_state", lambda: _update_with(optax.adam(0.1).init(_params())), TypeError, "`state`"),
+  (
+    "state_of_other_shapes",
+    lambda: _update_with(
+      ivon_optax.scale_by_ivon(ESS).init({"w": jnp.ones((2, 2)), "b": jnp.zeros(2)})
+    ),
+    ValueError,
+    "`params`",
+  ),
+  (
+    "state_of_a_vector_for_a_matrix",
+    lambda: _update_with(
+      ivon_optax.scale_by_ivon(ESS).init({"w": jnp.ones(2)}), {"w": jnp.ones((3, 2))}
+    ),
+    ValueError,
+    "`params`",
+  ),
+  ("empty_sample_average", _empty_average, ValueError, "count 0"),
+  ("noise_and_samples", _both_noise_and_samples, ValueError, "not both"),
+  ("mask_wrong_structure", lambda: _mask({"w": True}), ValueError, "`weight_decay_mask`"),
+  (
+    "mask_per_element",
+    lambda: _mask({"w": np.ones((3, 2), bool), "b": True}),
+    ValueError,
+    "per-element",
+  ),
+  ("mask_callable_injected", _injected_mask_callable, TypeError, "static_args"),
+  ("average_samples_sizes", _average_samples_of_two_sizes, ValueError, "leading sample axes"),
+  ("complex_params", lambda: _complex("params"), TypeError, "complex"),
+  ("complex_grads", lambda: _complex("grads"), TypeError, "`grads`"),
+  ("sharding_other_model", _check_other_models_sharding, ValueError, "`params`"),
+]
+
+
+@pytest.mark.parametrize(
+  "call,error,fragment", [r[1:] for r in RAISING], ids=[r[0] for r in RAISING]
+)
+def test_bad_input_raises_a_clear_error(call, error, fragment):
+  with pytest.raises(error, match=fragment):
+    call()
+
+
+def test_low_precision_state_dtype_warns():
+  with pytest.warns(UserWarning, match="state_dtype=None"):
+    _build(state_dtype=jnp.bfloat16)
+
+
+# --- Traced invalid values give NaN, never a plausible step ----------------------
+
+
+def _injected(name, value):
+  """One jitted step with ``name`` injected as ``value``; returns (updates, noise)."""
+  tx = optax.inject_hyperparams(ivon_optax.ivon)(LR, ESS)
+  params = _params()
+  state = tx.init(params)
+  state.hyperparams[name] = jnp.asarray(value, jnp.float32)
+
+  @jax.jit
+  def step(state):
+    updates, state = tx.update(jax.tree.map(jnp.ones_like, params), state, params, noise=params)
+    _, noise = ivon_optax.sample_params(jax.random.key(0), state, params)
+    return updates, noise
+
+  return step(state)
+
+
+def _traced_empty_average():
+  params = _params()
+  tx = _build()
+  average = ivon_optax.init_sample_average(params)
+  return jax.jit(lambda a: tx.update(a.grads, tx.init(params), params, samples=a)[0])(average)
+
+
+NAN = [
+  ("ess_negative", lambda: _injected("ess", -10.0)),
+  ("ess_inf", lambda: _injected("ess", np.inf)),
+  ("learning_rate_negative", lambda: _injected("learning_rate", -0.1)[0]),
+  ("beta2_above_one", lambda: _injected("beta2", 1.5)[0]),
+  # The new weight decay reaches sigma, hence the next sample.
+  ("weight_decay_negative", lambda: _injected("weight_decay", -1.0)[1]),
+  ("hess_init_negative", lambda: _injected("hess_init", -1.0)[0]),
+  ("empty_sample_average_jit", _traced_empty_average),
+]
+
+
+@pytest.mark.parametrize("call", [r[1] for r in NAN], ids=[r[0] for r in NAN])
+def test_traced_bad_input_gives_nan(call):
+  leaves = jax.tree.leaves(call())
+  assert leaves and all(bool(jnp.all(jnp.isnan(leaf))) for leaf in leaves)
+
+
+def test_valid_injected_values_give_no_nan():
+  updates, noise = _injected("ess", 50.0)
+  assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves((updates, noise)))
+
+
+# --- Silent wrong results that now work -------------------------------------------
+
+
+def test_injected_mask_works_with_static_args_or_as_a_pytree():
+  params = _params()
+  decay_on_matrices = lambda p: jax.tree.map(lambda x: x.ndim > 1, p)
+  expected = ivon_optax.find_ivon_state(_build(weight_decay_mask=decay_on_matrices).init(params))
+  for tx in (
+    optax.inject_hyperparams(ivon_optax.ivon, static_args=("weight_decay_mask",))(
+      LR, ESS, weight_decay_mask=decay_on_matrices
+    ),
+    optax.inject_hyperparams(ivon_optax.ivon)(LR, ESS, weight_decay_mask={"w": True, "b": False}),
+  ):
+    _, state = _step(tx, params)
+    decay = ivon_optax.find_ivon_state(state).weight_decay
+    chex.assert_trees_all_equal(decay, expected.weight_decay)
+    assert float(decay["w"]) > 0 and float(decay["b"]) == 0
+
+
+def test_integer_and_boolean_leaves_are_never_perturbed_or_updated():
+  params = {
+    "w": jnp.ones(3),
+    "index": jnp.arange(1000, dtype=jnp.int32),
+    "flag": jnp.array([True, False]),
+  }
+  tx = _build(learning_rate=1.0, ess=1.0, hess_init=1e-3)  # sigma ~ 30: noise would show
+  state = tx.init(params)
+  sampled, noise = ivon_optax.sample_params(jax.random.key(0), state, params)
+  chex.assert_trees_all_equal(sampled["index"], params["index"])
+  chex.assert_trees_all_equal(sampled["flag"], params["flag"])
+  assert sampled["index"].dtype == jnp.int32
+  chex.assert_trees_all_equal(noise["index"], jnp.zeros(1000, jnp.int32))
+  grads = jax.grad(lambda p: jnp.sum(p["w"] ** 2), allow_int=True)(sampled)
+  updates, state = tx.update(grads, state, params, noise=noise)
+  new_params = optax.apply_updates(params, updates)
+  chex.assert_trees_all_equal(new_params["index"], params["index"])
+  chex.assert_trees_all_equal(new_params["flag"], params["flag"])
+  assert not np.allclose(new_params["w"], params["w"])
+  assert isinstance(ivon_optax.find_ivon_state(state).hess["index"], optax.MaskedNode)
+
+
+def test_python_float_leaf_is_learned():
+  params = {"w": jnp.ones(2), "scale": 2.0}
+  tx = _build()
+  state = tx.init(params)
+  sampled, noise = ivon_optax.sample_params(jax.random.key(0), state, params)
+  grads = jax.grad(lambda p: jnp.sum(p["w"]) * p["scale"])(sampled)
+  updates, _ = tx.update(grads, state, params, noise=noise)
+  assert float(updates["scale"]) < 0
+
+
+@pytest.mark.parametrize("container", ["masked", "partition"])
+def test_prefix_masks_and_labels_work_everywhere_the_state_is_read(container):
+  params = {"a": {"x": jnp.ones(3), "y": jnp.ones(2)}, "c": {"z": jnp.ones((2, 2))}}
+  ivon_tx = ivon_optax.ivon(LR, ESS)
+  if container == "masked":
+    tx = optax.masked(ivon_tx, {"a": False, "c": True})
+  else:
+    tx = optax.partition(
+      {"frozen": optax.set_to_zero(), "trained": ivon_tx}, {"a": "frozen", "c": "trained"}
+    )
+  state = tx.init(params)
+  sampled, noise = ivon_optax.sample_params(jax.random.key(0), state, params)
+  chex.assert_trees_all_equal(sampled["a"], params["a"])
+  assert float(jnp.abs(noise["c"]["z"]).min()) > 0
+  std = ivon_optax.posterior_std(state, params)
+  chex.assert_trees_all_equal_shapes(std, params)
+  chex.assert_trees_all_equal(std["a"], jax.tree.map(jnp.zeros_like, params["a"]))
+  precision = ivon_optax.posterior_precision(state, params)
+  chex.assert_trees_all_close(precision["c"]["z"], jnp.full((2, 2), ESS * 1.0001))
+  mean, _ = ivon_optax.posterior(state, params)
+  chex.assert_trees_all_equal(mean, params)
+  updates, state = jax.jit(tx.update)(
+    jax.tree.map(jnp.ones_like, params), state, params, noise=noise
+  )
+  logs = ivon_optax.diagnostics(state, params)
+  assert int(logs["step"]) == 1
+  outputs = ivon_optax.predict.sample_outputs(
+    jax.random.key(1), lambda p, x: p["c"]["z"].sum() * x, state, params, jnp.ones(4), num_samples=3
+  )
+  assert outputs.shape == (3, 4) and bool(jnp.all(jnp.isfinite(outputs)))
+  merged = ivon_optax.merging.merge_models(params, [(params, state), (params, state)])
+  chex.assert_trees_all_close(merged, params)
+  mesh = jax.make_mesh((1,), ("fsdp",))
+  placed = jax.device_put(params, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+  shardings = ivon_optax.sharding.state_sharding(jax.eval_shape(tx.init, placed), placed)
+  ivon_optax.sharding.check_state_sharding(
+    jax.jit(tx.init, out_shardings=shardings)(placed), placed
+  )
+
+
+# --- h never overflows into NaN ------------------------------------------------------
+
+
+@pytest.mark.parametrize("hess_approx", ["price", "gradsq"])
+def test_huge_gradients_keep_h_sigma_and_the_step_finite(hess_approx):
+  """Gradients of 1e30, and adversarial -1e20 * noise, made h inf at step 1 and NaN at step 2."""
+  params = {"w": jnp.zeros(64)}
+  tx = _build(ess=1e4, hess_approx=hess_approx)
+  adam = optax.adam(0.1)
+  state, adam_state = tx.init(params), adam.init(params)
+  for step in range(3):
+    _, noise = ivon_optax.sample_params(jax.random.key(step), state, params)
+    for grads in ({"w": jnp.full(64, 1e30)}, {"w": -1e20 * jnp.sign(noise["w"])}):
+      updates, state = tx.update(grads, state, params, noise=noise)
+      adam_updates, adam_state = adam.update(grads, adam_state, params)
+      assert_finite(updates, state, params)
+      assert bool(jnp.all(jnp.isfinite(adam_updates["w"])))
+
+
+def assert_finite(updates, state, params):
+  ivon_state = ivon_optax.find_ivon_state(state)
+  std = ivon_optax.posterior_std(state, params)
+  for name, tree in dict(
+    updates=updates, hess=ivon_state.hess, momentum=ivon_state.momentum, std=std
+  ).items():
+    assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(tree)), name
+
+
+@hypothesis.settings(deadline=None, max_examples=25)
+@hypothesis.given(
+  log_magnitude=st.floats(-30.0, np.log10(3e38)),
+  sign_pattern=st.sampled_from(["same", "flip", "adversarial"]),
+  hess_approx=st.sampled_from(["price", "gradsq"]),
+  seed=st.integers(0, 2**16),
+)
+def test_extreme_gradients_never_give_non_finite_state_or_steps(
+  log_magnitude, sign_pattern, hess_approx, seed
+):
+  updates, hess, momentum, std = _extreme_steps(
+    jnp.float32(log_magnitude), seed, sign_pattern=sign_pattern, hess_approx=hess_approx
+  )
+  for name, value in dict(updates=updates, hess=hess, momentum=momentum, std=std).items():
+    assert bool(jnp.all(jnp.isfinite(value))), name
+
+
+@functools.partial(jax.jit, static_argnames=("sign_pattern", "hess_approx"))
+def _extreme_steps(log_magnitude, seed, *, sign_pattern, hess_approx):
+  """20 IVON steps with gradients of magnitude 10**log_magnitude (up to 3e38)."""
+  params = {"w": jnp.zeros(32)}
+  tx = ivon_optax.ivon(0.5, 1e4, hess_init=0.5, beta2=0.9, hess_approx=hess_approx)
+  magnitude = jnp.minimum(10.0**log_magnitude, jnp.finfo(jnp.float32).max)
+
+  def body(state, step_key):
+    sign_key, sample_key = jax.random.split(step_key)
+    _, noise = ivon_optax.sample_params(sample_key, state, params)
+    if sign_pattern == "same":
+      direction = jnp.ones(32)
+    elif sign_pattern == "flip":
+      direction = jnp.sign(jax.random.normal(sign_key, (32,)))
+    else:  # against the noise: drives the Price estimate down
+      direction = -jnp.where(noise["w"] >= 0, 1.0, -1.0)
+    updates, state = tx.update({"w": magnitude * direction}, state, params, noise=noise)
+    return state, updates["w"]
+
+  state, updates = jax.lax.scan(body, tx.init(params), jax.random.split(jax.random.key(seed), 20))
+  ivon_state = ivon_optax.find_ivon_state(state)
+  std = ivon_optax.posterior_std(state, params)["w"]
+  return updates, ivon_state.hess["w"], ivon_state.momentum["w"], std
+
+
+def test_non_finite_gradients_still_give_a_non_finite_step():
+  """optax.apply_if_finite must keep seeing inf/NaN gradients."""
+  params = {"w": jnp.zeros(3)}
+  for bad in (jnp.inf, jnp.nan):
+    updates, _ = _step(_build(), params, grads={"w": jnp.array([1.0, bad, 1.0])})
+    assert not bool(jnp.isfinite(updates["w"][1])) and bool(jnp.isfinite(updates["w"][0]))
+
+
+def test_no_warning_for_float32_state():
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    _build(state_dtype=jnp.float32)
