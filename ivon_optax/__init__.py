@@ -9,12 +9,12 @@ submodules named for what they hold: :mod:`ivon_optax.predict`,
 because they need Flax and Orbax.
 """
 
-from ivon_optax import merging
-from ivon_optax import metrics
-from ivon_optax import predict
-from ivon_optax import random
-from ivon_optax import sensitivity
-from ivon_optax import sharding
+from ivon_optax import merging as merging
+from ivon_optax import metrics as metrics
+from ivon_optax import predict as predict
+from ivon_optax import random as random
+from ivon_optax import sensitivity as sensitivity
+from ivon_optax import sharding as sharding
 from ivon_optax._src.diagnostics import diagnostics
 from ivon_optax._src.sample_average import SampleAverage
 from ivon_optax._src.sample_average import add_sample

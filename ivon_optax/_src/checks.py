@@ -1,11 +1,14 @@
-"""Argument rules shared across the package: the Hessian estimators, the state dtype, PRNG keys."""
+"""Argument rules shared across the package: Hessian estimators, state dtype, PRNG keys, counts, validity."""
 
+import numbers
 from typing import Any
 from typing import Literal
 from typing import get_args
 
+import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 HessApprox = Literal["price", "gradsq"]
 HESS_APPROXIMATIONS: tuple[str, ...] = get_args(HessApprox)
@@ -54,3 +57,39 @@ def check_key(key: Any) -> None:
     f"{jnp.shape(key)} and dtype {getattr(key, 'dtype', None)}. For several "
     "samples split the key and jax.vmap over the keys."
   )
+
+
+def check_count(name: str, value: Any, *, minimum: int = 1, fix: str = "") -> int:
+  """``value`` as a Python int, if it is an integer (Python or NumPy) of at least ``minimum``.
+
+  The one rule for every count argument of the package (``num_samples``,
+  ``num_bins``, ``batch_size``, ``chunk_size``): bools and floats raise a
+  ``TypeError``, integers below ``minimum`` a ``ValueError``.
+  """
+  if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+    raise TypeError(
+      f"`{name}` must be an integer (a Python or NumPy int), got {value!r} of type "
+      f"{type(value).__name__}. {fix}".rstrip()
+    )
+  if value < minimum:
+    raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}. {fix}".rstrip())
+  return int(value)
+
+
+def require(valid: chex.Array, values: chex.Array, message: str) -> chex.Array:
+  """Raises ``ValueError(message)`` if ``valid`` is concrete and false anywhere; returns ``valid``.
+
+  Under a transformation (``valid`` a tracer) nothing can be checked: the
+  caller folds ``valid`` into its result as NaN (:func:`nan_unless`).
+  ``message`` may hold one ``{}``, filled with a few of the offending
+  ``values`` (an array shaped like ``valid``).
+  """
+  if isinstance(valid, jax.core.Tracer) or bool(jnp.all(valid)):
+    return valid
+  offending = np.asarray(values)[~np.broadcast_to(np.asarray(valid), np.shape(values))]
+  raise ValueError(message.format(np.unique(offending)[:4].tolist()))
+
+
+def nan_unless(valid: chex.Array, value: chex.Array) -> chex.Array:
+  """``value`` where ``valid``, NaN elsewhere (``valid`` broadcasts against ``value``)."""
+  return jnp.where(valid, value, jnp.nan)

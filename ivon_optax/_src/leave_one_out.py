@@ -45,9 +45,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from ivon_optax._src.checks import nan_unless
 from ivon_optax._src.metrics import check_labels
 from ivon_optax._src.metrics import label_log_probs
-from ivon_optax._src.metrics import nan_unless
 from ivon_optax._src.metrics import predicts_label
 from ivon_optax._src.sensitivity import ApplyFn
 from ivon_optax._src.sensitivity import classification_sensitivity

@@ -44,8 +44,8 @@ import jax.numpy as jnp
 import optax
 
 from ivon_optax._src import trees as _trees
-from ivon_optax._src.metrics import nan_unless
-from ivon_optax._src.metrics import require
+from ivon_optax._src.checks import nan_unless
+from ivon_optax._src.checks import require
 from ivon_optax._src.sampling import posterior_precision
 
 TaskScales = chex.Numeric | Sequence[chex.Numeric]

@@ -59,11 +59,11 @@ import jax.numpy as jnp
 import optax
 
 from ivon_optax._src import trees as _trees
+from ivon_optax._src.checks import check_count
 from ivon_optax._src.checks import check_key
-from ivon_optax._src.metrics import check_count
+from ivon_optax._src.checks import nan_unless
+from ivon_optax._src.checks import require
 from ivon_optax._src.metrics import check_labels
-from ivon_optax._src.metrics import nan_unless
-from ivon_optax._src.metrics import require
 from ivon_optax._src.predict import variance_from_sums
 from ivon_optax._src.sampling import posterior_std
 from ivon_optax._src.sampling import sample_params

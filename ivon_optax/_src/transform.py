@@ -422,6 +422,20 @@ def scale_by_ivon(
   debiasing :math:`1 - \beta_1^t` when ``debias``. :func:`ivon` scales
   :math:`u_t` by :math:`-\alpha_t`.
 
+  **Where this differs from the reference.** Wherever the reference
+  ``ivon-opt`` 0.1.3 stays finite, the formulas above are its formulas (tested
+  to float64 round-off). Where its float arithmetic overflows (gradients near
+  the dtype's largest value, e.g. 1e30 in float32), the reference's
+  :math:`h` becomes inf and then NaN a step later; here :math:`\hat h` and
+  :math:`h` saturate at the dtype's largest finite value and :math:`h + \delta`
+  is floored at its smallest normal number, so that from finite gradients
+  :math:`h`, :math:`\sigma` and the step stay finite. Non-finite gradients
+  still give a NaN step (so ``optax.apply_if_finite`` can skip it). Values the
+  reference accepts but that cannot train are refused: ``beta1=1`` with
+  ``debias=True`` (the reference divides 0 by 0 at step 1), and non-finite
+  ``ess``, ``hess_init`` or ``weight_decay``. Integer and boolean leaves are
+  neither perturbed nor updated, and complex leaves are refused.
+
   Args:
     ess: effective sample size :math:`\lambda` (> 0); usually the training-set
       size. Larger values shrink the posterior.
