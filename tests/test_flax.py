@@ -6,6 +6,7 @@ import sys
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 import pytest
 from flax import linen as nn
@@ -290,3 +291,44 @@ def test_nnx_sample_outputs():
     sampled, _ = ivon_flax.sample_nnx_params(sample_key, optimizer, eval_model)
     expected = nnx.merge(graphdef, sampled, batch_stats)(INPUTS)
     chex.assert_trees_all_close(outputs[sample], expected, atol=1e-5)
+
+
+class _LinenWithCounter(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    counter = self.param("counter", lambda key: jnp.arange(4, dtype=jnp.int32))
+    return nn.Dense(2)(x) + 0 * counter[:2].astype(x.dtype)
+
+
+class _NNXWithCounter(nnx.Module):
+  def __init__(self, rngs):
+    self.linear = nnx.Linear(4, 2, rngs=rngs)
+    self.counter = nnx.Param(jnp.arange(4, dtype=jnp.int32))
+
+  def __call__(self, x):
+    return self.linear(x)
+
+
+def test_linen_and_nnx_integer_params_are_never_perturbed_or_updated():
+  x = jnp.ones((3, 4))
+  model = _LinenWithCounter()
+  params = model.init(jax.random.key(0), x)["params"]
+  state = ivon_flax.TrainState.create(
+    apply_fn=model.apply, params=params, tx=ivon_optax.ivon(0.1, ess=10.0)
+  )
+  sampled, noise = state.sample_params(jax.random.key(1))
+  loss = lambda p: jnp.sum(model.apply({"params": p}, x) ** 2)
+  state = state.apply_gradients(grads=jax.grad(loss, allow_int=True)(sampled), noise=noise)
+  np.testing.assert_array_equal(sampled["counter"], np.arange(4))
+  np.testing.assert_array_equal(state.params["counter"], np.arange(4))
+  assert not np.allclose(state.params["Dense_0"]["kernel"], params["Dense_0"]["kernel"])
+
+  module = _NNXWithCounter(nnx.Rngs(0))
+  optimizer = nnx.Optimizer(module, ivon_optax.ivon(0.1, ess=10.0), wrt=nnx.Param)
+  kernel = np.asarray(module.linear.kernel[...])
+  sampled_module, noise = ivon_flax.sample_nnx_model(jax.random.key(2), optimizer, module)
+  np.testing.assert_array_equal(sampled_module.counter[...], np.arange(4))
+  grads = nnx.grad(lambda m: jnp.sum(m(x) ** 2), allow_int=True)(sampled_module)
+  optimizer.update(module, grads, noise=noise)
+  np.testing.assert_array_equal(module.counter[...], np.arange(4))
+  assert not np.allclose(module.linear.kernel[...], kernel)
