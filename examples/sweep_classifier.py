@@ -14,7 +14,7 @@ the Bayesian model average of ``--samples`` posterior samples). The stability
 rule: a configuration is *eligible* only if its neighbours at half and at
 twice its learning rate (all else equal) were run, every seed of both trained
 to a finite loss, and each neighbour's mean validation NLL is at most
-``--margin`` nats above its own. The chosen configuration is the eligible one
+``1 + --margin`` times its own (25 % by default). The chosen configuration is the eligible one
 with the lowest mean validation NLL. Runs vmap over seeds and configurations.
 
     python examples/sweep_classifier.py --dataset mnist1d
@@ -68,7 +68,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
   parser.add_argument("--num-val", type=int, default=None, help="default: a fifth of the pool")
   parser.add_argument("--samples", type=int, default=64, help="IVON's posterior samples")
-  parser.add_argument("--margin", type=float, default=0.1, help="the stability rule's NLL margin")
+  parser.add_argument(
+    "--margin", type=float, default=0.25, help="the stability rule's relative NLL margin"
+  )
   parser.add_argument("--top", type=int, default=5, help="rows per optimizer in the printed table")
   parser.add_argument("--out", default="outputs")
   parser.add_argument("--no-progress", action="store_true")
@@ -129,7 +131,7 @@ def mark_eligible(rows: list, margin: float) -> None:
     row["eligible"] = (
       row["finite"]
       and all(n is not None and n["finite"] for n in neighbours)
-      and all(n["nll"] <= row["nll"] + margin for n in neighbours)
+      and all(n["nll"] <= (1.0 + margin) * row["nll"] for n in neighbours)
     )
 
 

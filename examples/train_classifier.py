@@ -35,9 +35,9 @@ Config = models.OptimizerConfig
 # among configurations whose half and double learning rates also train.
 CONFIGS = {
   "mnist1d": {
-    "sgd": Config("sgd", learning_rate=0.1, weight_decay=1e-3),
+    "sgd": Config("sgd", learning_rate=0.1, weight_decay=1e-2),
     "adamw": Config("adamw", learning_rate=0.01, weight_decay=0.5),
-    "ivon": Config("ivon", learning_rate=0.5, weight_decay=1e-3, hess_init=0.1),
+    "ivon": Config("ivon", learning_rate=2.0, weight_decay=1e-3, hess_init=0.1, beta2=0.999),
   },
   "digits": {
     "sgd": Config("sgd", learning_rate=0.1, weight_decay=1e-3),
