@@ -21,6 +21,7 @@ On real accelerators drop the flag; for several hosts call
 """
 
 import argparse
+import json
 import os
 import time
 
@@ -31,6 +32,7 @@ def parse_args(argv=None):
   parser.add_argument("--steps", type=int, default=300)
   parser.add_argument("--batch-size", type=int, default=128, help="global batch size")
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--out", default="outputs", help="directory for the JSON of the table")
   return parser.parse_args(argv)
 
 
@@ -226,6 +228,12 @@ def main():
   print("|---|---|---|---|---|---|")
   for name, samples, last, accuracy, nll, ms in rows:
     print(f"| {name} | {samples} | {last:.4f} | {accuracy:.3f} | {nll:.4f} | {ms:.1f} |")
+  os.makedirs(ARGS.out, exist_ok=True)
+  keys = ("flavour", "samples_per_step", "train_loss", "test_accuracy", "test_nll", "ms_per_step")
+  with open(os.path.join(ARGS.out, "data_parallel.json"), "w") as file:
+    json.dump(
+      {"args": vars(ARGS), "rows": [dict(zip(keys, row, strict=True)) for row in rows]}, file
+    )
 
 
 if __name__ == "__main__":
