@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from examples import models as examples_models
+
 MODELS = ("mlp", "resnet20", "gpt2s")
 
 
@@ -49,19 +51,8 @@ class Workload:
 
 # --- MLP --------------------------------------------------------------------------------
 
-
-class MLP(nn.Module):
-  """ReLU MLP ``in -> hidden... -> classes``."""
-
-  hidden: tuple[int, ...] = (1024, 1024)
-  classes: int = 10
-
-  @nn.compact
-  def __call__(self, inputs):
-    features = inputs
-    for width in self.hidden:
-      features = nn.relu(nn.Dense(width)(features))
-    return nn.Dense(self.classes)(features)
+# The examples' ReLU MLP ``in -> hidden... -> classes``.
+MLP = examples_models.MLP
 
 
 # --- ResNet-20 ----------------------------------------------------------------------------
