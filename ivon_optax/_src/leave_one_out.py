@@ -38,6 +38,7 @@ References:
 """
 
 from typing import Any
+from typing import Literal
 from typing import NamedTuple
 
 import chex
@@ -49,8 +50,15 @@ from ivon_optax._src.metrics import check_labels
 from ivon_optax._src.metrics import label_log_probs
 from ivon_optax._src.metrics import nan_unless
 from ivon_optax._src.metrics import predicts_label
+from ivon_optax._src.sampling import posterior_std
 from ivon_optax._src.sensitivity import ApplyFn
-from ivon_optax._src.sensitivity import classification_sensitivity
+from ivon_optax._src.sensitivity import _check_batch
+from ivon_optax._src.sensitivity import _num_examples
+from ivon_optax._src.sensitivity import prediction_covariance
+from ivon_optax._src.sensitivity import prediction_variance
+
+LOOMethod = Literal["diagonal", "block", "leverage"]
+LOO_METHODS = ("diagonal", "block", "leverage")
 
 
 class LOOEstimate(NamedTuple):
@@ -113,6 +121,89 @@ def loo_from_change(
   )
 
 
+def _check_method(method: Any) -> None:
+  if method not in LOO_METHODS:
+    raise ValueError(
+      f"`method` must be one of {LOO_METHODS}; got {method!r}. 'leverage' is the "
+      "most accurate; 'diagonal' is the memory-perturbation paper's estimate."
+    )
+
+
+def loo_change(
+  covariance: chex.Array,
+  error: chex.Array,
+  curvature: chex.Array,
+  *,
+  method: LOOMethod = "leverage",
+) -> chex.Array:
+  r"""Estimated change of each example's outputs when it is left out, :math:`\Delta f_i`.
+
+  From the prediction covariance :math:`A_i = J_i \Sigma J_i^\top`, the
+  prediction error :math:`e_i = \nabla_f \ell_i` and the loss curvature
+  :math:`\Lambda_i = \nabla_f^2 \ell_i` at the mean:
+
+  .. math::
+    \texttt{"diagonal"}:&\quad \Delta f_i = \operatorname{diag}(A_i) \odot e_i \\
+    \texttt{"block"}:&\quad \Delta f_i = A_i\, e_i \\
+    \texttt{"leverage"}:&\quad \Delta f_i = (I - A_i \Lambda_i)^{-1} A_i\, e_i
+
+  ``"block"`` is the Newton step of the training objective without example
+  :math:`i`, taken with the posterior covariance :math:`\Sigma` of the
+  objective *with* it; ``"leverage"`` corrects :math:`\Sigma` for the removal
+  (Woodbury: :math:`J_i (\Sigma^{-1} - J_i^\top \Lambda_i J_i)^{-1} J_i^\top
+  = (I - A_i \Lambda_i)^{-1} A_i`). For a Gaussian likelihood and the exact
+  posterior covariance, ``"leverage"`` is exact leave-one-out
+  (:math:`r_i / (1 - H_{ii})` of ridge regression). ``"diagonal"`` is the
+  memory-perturbation paper's estimate (Nickl et al., 2023).
+
+  Examples:
+    >>> import jax.numpy as jnp, ivon_optax
+    >>> covariance = jnp.array([[[0.5]]])  # ridge: H_ii = A_i / s^2 = 0.5 with s^2 = 1
+    >>> error, curvature = jnp.array([[1.0]]), jnp.array([[[1.0]]])  # f_i - y_i = 1
+    >>> ivon_optax.sensitivity.loo_change(covariance, error, curvature)  # 0.5 / (1 - 0.5)
+    Array([[1.]], dtype=float32)
+
+  Args:
+    covariance: ``(n, k, k)`` prediction covariances :math:`A_i`
+      (:func:`ivon_optax.sensitivity.prediction_covariance`, or
+      :math:`J_i \Sigma J_i^\top` for any posterior covariance :math:`\Sigma`).
+    error: ``(n, k)`` prediction errors :math:`e_i`.
+    curvature: ``(n, k, k)`` loss Hessians :math:`\Lambda_i` in the outputs
+      (only ``"leverage"`` reads them).
+    method: ``"diagonal"``, ``"block"`` or ``"leverage"``.
+
+  Returns:
+    ``(n, k)`` changes :math:`\Delta f_i`.
+  """
+  _check_method(method)
+  if jnp.ndim(error) != 2 or jnp.shape(covariance) != (*jnp.shape(error), jnp.shape(error)[-1]):
+    raise ValueError(
+      f"`error` must have shape (n, k) and `covariance` (n, k, k); got {jnp.shape(error)} "
+      f"and {jnp.shape(covariance)}."
+    )
+  if jnp.shape(curvature) != jnp.shape(covariance):
+    raise ValueError(
+      f"`curvature` must have the shape of `covariance` {jnp.shape(covariance)}; got "
+      f"{jnp.shape(curvature)}."
+    )
+  if method == "diagonal":
+    return jnp.diagonal(covariance, axis1=-2, axis2=-1) * error
+  step = jnp.einsum("nkl,nl->nk", covariance, error)
+  if method == "block":
+    return step
+  identity = jnp.eye(jnp.shape(error)[-1], dtype=step.dtype)
+  removal = identity - jnp.einsum("nkl,nlm->nkm", covariance, curvature)
+  return jnp.linalg.solve(removal, step[..., None])[..., 0]
+
+
+def softmax_error_and_curvature(logits: chex.Array, labels: chex.Array) -> tuple:
+  r""":math:`e_i = p_i - \mathrm{onehot}(y_i)` and :math:`\Lambda_i = \operatorname{diag}(p_i) - p_i p_i^\top`."""
+  probs = jax.nn.softmax(logits, axis=-1)
+  error = probs - jax.nn.one_hot(labels, jnp.shape(logits)[-1], dtype=probs.dtype)
+  curvature = jax.vmap(jnp.diag)(probs) - probs[:, :, None] * probs[:, None, :]
+  return error, curvature
+
+
 def leave_one_out(
   apply_fn: ApplyFn,
   state: optax.OptState,
@@ -120,16 +211,34 @@ def leave_one_out(
   inputs: Any,
   labels: chex.Array,
   *,
+  method: LOOMethod = "leverage",
   chunk_size: int = 32,
   eps: float = 1e-10,
 ) -> LOOEstimate:
   r"""Leave-one-out NLL and error of a classifier, from its IVON posterior and training data.
 
-  One jitted pass over the training data:
-  :func:`ivon_optax.sensitivity.classification_sensitivity` gives the logits
-  and :math:`\Delta f_i = v_i \odot e_i`, then :func:`loo_from_change`.
-  Call it after every epoch to track generalization or to stop early; the
-  pass compiles once for a given ``apply_fn`` object and input shapes.
+  One jitted pass over the training data computes the logits :math:`f_i`,
+  their covariance :math:`A_i = J_i \operatorname{diag}(\sigma^2) J_i^\top`
+  under IVON's diagonal posterior, the change :math:`\Delta f_i` of
+  :func:`loo_change` for ``method``, and then :func:`loo_from_change`. Call it
+  after every epoch to track generalization or to stop early; the pass
+  compiles once for a given ``apply_fn`` object and input shapes.
+
+  *Accuracy.* Measured against exact leave-one-out (refits) on convex
+  logistic regression, 300 digits, once IVON's :math:`h` has converged, and
+  against 10-fold cross-validation for a digits MLP: see
+  ``python benchmarks/loo_accuracy.py`` and the Leave-one-out page of the
+  docs for the table; in short:
+
+  * ``"leverage"`` (default): the most accurate of the three; {LEVERAGE}.
+  * ``"block"``: {BLOCK}.
+  * ``"diagonal"``: the memory-perturbation paper's estimate, kept for
+    reproducing it; {DIAGONAL}.
+
+  All three are only as good as IVON's :math:`h` (:math:`\sigma^2 = 1/(\lambda
+  (h + \delta))`): while :math:`h` is still near ``hess_init``
+  (:func:`ivon_optax.diagnostics`, ``hess_at_init``), the estimate is set by
+  ``hess_init``, not by the data.
 
   Examples:
     >>> import jax, jax.numpy as jnp, ivon_optax
@@ -158,13 +267,26 @@ def leave_one_out(
     params: the mean :math:`m`.
     inputs: training inputs with a leading batch axis.
     labels: ``(n,)`` integer labels in ``[0, classes)``.
+    method: ``"leverage"``, ``"block"`` or ``"diagonal"`` (:func:`loo_change`).
     chunk_size: examples per vectorized Jacobian chunk (memory bound).
     eps: the floor on the probabilities inside the log.
 
   Returns:
     A :class:`LOOEstimate` of scalars.
   """
-  sensitivity = classification_sensitivity(
-    apply_fn, state, params, inputs, labels, chunk_size=chunk_size
-  )
-  return loo_from_change(sensitivity.outputs, labels, sensitivity.change, eps=eps)
+  _check_method(method)
+  _check_batch("labels", labels, _num_examples(inputs))
+  # Refuse bad labels before the Jacobians, the expensive part.
+  check_labels(labels, jax.eval_shape(apply_fn, params, inputs).shape[-1])
+  std = posterior_std(state, params)
+  if method == "diagonal":
+    # Only the diagonal of A_i is needed: skip the (n, k, k) blocks.
+    logits, variance = prediction_variance(apply_fn, params, std, inputs, chunk_size=chunk_size)
+    covariance = jax.vmap(jnp.diag)(variance)
+  else:
+    logits, covariance = prediction_covariance(
+      apply_fn, params, std, inputs, chunk_size=chunk_size
+    )
+  error, curvature = softmax_error_and_curvature(logits, labels)
+  change = loo_change(covariance, error, curvature, method=method)
+  return loo_from_change(logits, labels, change, eps=eps)
