@@ -199,7 +199,7 @@ def prediction_covariance(
   *,
   chunk_size: int = 32,
 ) -> tuple[chex.Array, chex.Array]:
-  r"""Outputs and their linearized covariance :math:`A_i = J_i \operatorname{diag}(\sigma^2) J_i^\top`.
+  r"""Outputs and their linearized covariance :math:`A_i = J_i \mathrm{diag}(\sigma^2) J_i^\top`.
 
   The full :math:`K \times K` block of each example, from the same
   per-example Jacobians as :func:`prediction_variance` (whose result is its
