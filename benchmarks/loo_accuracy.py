@@ -27,6 +27,7 @@ Run from the repository root (about 2 minutes on 2 CPU cores)::
 """
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -130,12 +131,16 @@ def as_params(weights):
 
 def data_hessian(weights, inputs, labels, example_weights):
   r"""Data Hessian :math:`\sum_j w_j \tilde x_j \tilde x_j^\top \otimes \Lambda_j`, flattened."""
-  logits = inputs @ weights
-  _, curvature = ivon_optax.sensitivity.softmax_error_and_curvature(logits, labels)
-  hessian = jnp.einsum("j,ja,jb,jkl->akbl", example_weights, inputs, inputs, curvature)
-  return hessian.reshape(weights.size, weights.size)
+  probs = jax.nn.softmax(inputs @ weights, axis=-1)
+  # Lambda_j = B_j B_j^T with B_j = (I - p_j 1^T) diag(sqrt(p_j)): the Hessian is one Gram matrix.
+  root = jnp.sqrt(probs)
+  factor = jax.vmap(jnp.diag)(root) - probs[:, :, None] * root[:, None, :]
+  rows = jnp.einsum("j,ja,jkm->jmak", jnp.sqrt(example_weights), inputs, factor)
+  rows = rows.reshape(-1, weights.size)
+  return rows.T @ rows
 
 
+@functools.partial(jax.jit, static_argnames="num_steps")
 def newton_fit(weights, inputs, labels, example_weights, weight_decay, num_steps=8):
   r"""Minimizes :math:`\sum_j w_j \ell_j + \tfrac{N\delta}{2}\|W\|^2` by Newton's method."""
   prior = labels.shape[0] * weight_decay

@@ -173,3 +173,19 @@ def test_leave_one_out_with_an_exact_diagonal_posterior(logistic_truth):
   )
   for estimate in estimates.values():
     assert train_nll < estimate < 5 * truth
+
+
+def test_benchmark_refits_reach_the_minimizer_without_each_example(logistic_truth):
+  # benchmarks/loo_accuracy.py computes its truth by a preconditioned fixed-point
+  # iteration per example: it must agree with the Newton refits of the fixture.
+  from benchmarks import loo_accuracy
+
+  inputs, labels, params, _, truth = logistic_truth
+  inputs = loo_accuracy.augment(inputs)
+  weights = jnp.concatenate([params["w"], params["b"][None]])
+  hessian = loo_accuracy.data_hessian(weights, inputs, labels, jnp.ones(NUM))
+  loo_nll, gradient_norm = loo_accuracy.refit_without_each(
+    weights, inputs, labels, WEIGHT_DECAY, hessian
+  )
+  assert float(gradient_norm.max()) < 1e-8
+  np.testing.assert_allclose(float(loo_nll.mean()), truth, rtol=1e-6)
