@@ -44,7 +44,7 @@ import optax
 
 import ivon_optax
 
-METHODS = ("leverage", "block", "diagonal")
+METHODS = ("diagonal", "block", "leverage")
 IVON_SETTINGS = (  # (hess_init, beta2, refresh h at the end)
   (0.1, 0.99999, False),
   (1e-3, 0.99999, False),

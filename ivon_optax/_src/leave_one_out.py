@@ -232,9 +232,12 @@ def softmax_error_and_curvature(logits: chex.Array, labels: chex.Array) -> tuple
     of :func:`loo_change`.
   """
   probs = jax.nn.softmax(logits, axis=-1)
-  error = probs - jax.nn.one_hot(labels, jnp.shape(logits)[-1], dtype=probs.dtype)
   curvature = jax.vmap(jnp.diag)(probs) - probs[:, :, None] * probs[:, None, :]
-  return error, curvature
+  return _softmax_error(probs, labels), curvature
+
+
+def _softmax_error(probs: chex.Array, labels: chex.Array) -> chex.Array:
+  return probs - jax.nn.one_hot(labels, jnp.shape(probs)[-1], dtype=probs.dtype)
 
 
 def leave_one_out(
@@ -319,6 +322,7 @@ def leave_one_out(
     inputs: training inputs with a leading batch axis.
     labels: ``(n,)`` integer labels in ``[0, classes)``.
     method: ``"diagonal"`` (default), ``"block"`` or ``"leverage"`` (:func:`loo_change`).
+      The last two hold ``(n, classes, classes)`` covariance blocks in memory.
     chunk_size: examples per vectorized Jacobian chunk (memory bound).
     eps: the floor on the probabilities inside the log.
 
@@ -331,11 +335,12 @@ def leave_one_out(
   check_labels(labels, jax.eval_shape(apply_fn, params, inputs).shape[-1])
   std = posterior_std(state, params)
   if method == "diagonal":
-    # Only the diagonal of A_i is needed: skip the (n, k, k) blocks.
+    # Only the diagonal of A_i is needed: no (n, k, k) blocks, as many classes
+    # would make them large.
     logits, variance = prediction_variance(apply_fn, params, std, inputs, chunk_size=chunk_size)
-    covariance = jax.vmap(jnp.diag)(variance)
-  else:
-    logits, covariance = prediction_covariance(apply_fn, params, std, inputs, chunk_size=chunk_size)
+    error = _softmax_error(jax.nn.softmax(logits, axis=-1), labels)
+    return loo_from_change(logits, labels, variance * error, eps=eps)
+  logits, covariance = prediction_covariance(apply_fn, params, std, inputs, chunk_size=chunk_size)
   error, curvature = softmax_error_and_curvature(logits, labels)
   change = loo_change(covariance, error, curvature, method=method)
   return loo_from_change(logits, labels, change, eps=eps)
