@@ -142,3 +142,67 @@ def test_hess_init_sets_the_scale_of_the_estimate():
   assert small.loo_nll[-1] > 2.0 * small.test_nll[-1]  # sigma^2 too large: overshoots
   assert large.loo_nll[-1] < large.test_nll[-1]  # sigma^2 too small: near the train NLL
   assert large.loo_nll[-1] < 1.5 * large.train_nll[-1]
+
+
+def test_leave_one_out_rejects_an_unknown_method():
+  params = helpers.init_mlp(jax.random.key(0), [4, 3])
+  state = ivon_optax.ivon(0.1, ess=5.0).init(params)
+  with pytest.raises(ValueError, match="method"):
+    ivon_optax.sensitivity.leave_one_out(
+      helpers.mlp_apply, state, params, jnp.ones((5, 4)), jnp.zeros(5, int), method="full"
+    )
+
+
+def test_prediction_covariance_diagonal_is_prediction_variance():
+  params = helpers.init_mlp(jax.random.key(0), [4, 6, 3])
+  state = ivon_optax.ivon(0.1, ess=20.0, hess_init=0.3).init(params)
+  std = ivon_optax.posterior_std(state, params)
+  inputs = jax.random.normal(jax.random.key(1), (7, 4))
+  outputs, covariance = ivon_optax.sensitivity.prediction_covariance(
+    helpers.mlp_apply, params, std, inputs, chunk_size=3
+  )
+  _, variance = ivon_optax.sensitivity.prediction_variance(helpers.mlp_apply, params, std, inputs)
+  chex.assert_trees_all_close(jnp.diagonal(covariance, axis1=1, axis2=2), variance, rtol=1e-5)
+  chex.assert_trees_all_close(covariance, jnp.swapaxes(covariance, 1, 2), rtol=1e-5)
+  # A hidden layer shares weights between the outputs: off-diagonal terms appear.
+  assert float(jnp.abs(covariance[:, 0, 1]).max()) > 1e-3 * float(variance.max())
+  assert outputs.shape == (7, 3)
+
+
+@pytest.mark.parametrize("method", ["diagonal", "block", "leverage"])
+def test_leave_one_out_methods_are_loo_change(method):
+  params = helpers.init_mlp(jax.random.key(0), [4, 6, 3])
+  state = ivon_optax.ivon(0.1, ess=20.0, hess_init=0.3).init(params)
+  inputs = jax.random.normal(jax.random.key(1), (20, 4))
+  labels = jnp.arange(20) % 3
+  std = ivon_optax.posterior_std(state, params)
+  logits, covariance = ivon_optax.sensitivity.prediction_covariance(
+    helpers.mlp_apply, params, std, inputs
+  )
+  error, curvature = ivon_optax.sensitivity.softmax_error_and_curvature(logits, labels)
+  change = ivon_optax.sensitivity.loo_change(covariance, error, curvature, method=method)
+  estimate = ivon_optax.sensitivity.leave_one_out(
+    helpers.mlp_apply, state, params, inputs, labels, method=method
+  )
+  chex.assert_trees_all_close(
+    estimate, ivon_optax.sensitivity.loo_from_change(logits, labels, change), rtol=1e-5
+  )
+  assert float(estimate.nll) > float(estimate.train_nll)
+
+
+def test_loo_change_formulas_on_one_block():
+  covariance = jnp.array([[[2.0, 0.5], [0.5, 1.0]]])
+  error = jnp.array([[1.0, -1.0]])
+  curvature = jnp.array([[[0.25, -0.25], [-0.25, 0.25]]])
+  change = {
+    method: ivon_optax.sensitivity.loo_change(covariance, error, curvature, method=method)
+    for method in ("diagonal", "block", "leverage")
+  }
+  chex.assert_trees_all_close(change["diagonal"], jnp.array([[2.0, -1.0]]))
+  chex.assert_trees_all_close(change["block"], jnp.array([[1.5, -0.5]]))
+  removal = jnp.eye(2) - covariance[0] @ curvature[0]
+  chex.assert_trees_all_close(
+    change["leverage"][0], jnp.linalg.solve(removal, change["block"][0]), rtol=1e-6
+  )
+  with pytest.raises(ValueError, match="curvature"):
+    ivon_optax.sensitivity.loo_change(covariance, error, curvature[:, :1])

@@ -29,7 +29,18 @@ overshoots the test NLL; too large an :math:`h_0` shrinks it to the training
 NLL. The MPE authors picked :math:`h_0 \in \{0.01, 0.05, 0.1, 0.5\}` per
 task. Use ``ess`` = the training-set size, and a ``beta2`` (e.g. 0.999)
 that lets :math:`h` reach the data's curvature within the run, or check
-the estimate against a held-out set once before relying on it.
+the estimate against a held-out set once before relying on it. A third
+remedy keeps the trained mean: run a few hundred IVON steps with
+``learning_rate=0`` and ``beta2=0.99`` (full batches if affordable), which
+refresh :math:`h` at the mean without moving it. :func:`ivon_optax.diagnostics`
+shows whether :math:`h` has left ``hess_init``.
+
+**Three estimators of the change.** :func:`loo_change` offers the paper's
+``"diagonal"`` :math:`v_i \odot e_i`, the full :math:`K \times K` block
+:math:`A_i e_i`, and the ``"leverage"`` correction
+:math:`(I - A_i \Lambda_i)^{-1} A_i e_i`, exact for ridge regression with the
+exact covariance. They cost the same Jacobians. :func:`leave_one_out`
+documents their measured accuracy.
 
 References:
   Nickl, Xu, Tailor, Möllenhoff, Khan, `The Memory-Perturbation Equation:
@@ -38,6 +49,7 @@ References:
 """
 
 from typing import Any
+from typing import Literal
 from typing import NamedTuple
 
 import chex
@@ -49,8 +61,15 @@ from ivon_optax._src.checks import nan_unless
 from ivon_optax._src.metrics import check_labels
 from ivon_optax._src.metrics import label_log_probs
 from ivon_optax._src.metrics import predicts_label
+from ivon_optax._src.sampling import posterior_std
 from ivon_optax._src.sensitivity import ApplyFn
-from ivon_optax._src.sensitivity import classification_sensitivity
+from ivon_optax._src.sensitivity import _check_batch
+from ivon_optax._src.sensitivity import _num_examples
+from ivon_optax._src.sensitivity import prediction_covariance
+from ivon_optax._src.sensitivity import prediction_variance
+
+LOOMethod = Literal["diagonal", "block", "leverage"]
+LOO_METHODS = ("diagonal", "block", "leverage")
 
 
 class LOOEstimate(NamedTuple):
@@ -113,6 +132,114 @@ def loo_from_change(
   )
 
 
+def _check_method(method: Any) -> None:
+  if method not in LOO_METHODS:
+    raise ValueError(
+      f"`method` must be one of {LOO_METHODS}; got {method!r}. Use 'diagonal' with "
+      "IVON's diagonal posterior, 'leverage' with a full covariance."
+    )
+
+
+def loo_change(
+  covariance: chex.Array,
+  error: chex.Array,
+  curvature: chex.Array,
+  *,
+  method: LOOMethod = "leverage",
+) -> chex.Array:
+  r"""Estimated change of each example's outputs when it is left out, :math:`\Delta f_i`.
+
+  From the prediction covariance :math:`A_i = J_i \Sigma J_i^\top`, the
+  prediction error :math:`e_i = \nabla_f \ell_i` and the loss curvature
+  :math:`\Lambda_i = \nabla_f^2 \ell_i` at the mean:
+
+  .. math::
+    \texttt{"diagonal"}:&\quad \Delta f_i = \operatorname{diag}(A_i) \odot e_i \\
+    \texttt{"block"}:&\quad \Delta f_i = A_i\, e_i \\
+    \texttt{"leverage"}:&\quad \Delta f_i = (I - A_i \Lambda_i)^{-1} A_i\, e_i
+
+  ``"block"`` is the Newton step of the training objective without example
+  :math:`i`, taken with the posterior covariance :math:`\Sigma` of the
+  objective *with* it; ``"leverage"`` corrects :math:`\Sigma` for the removal
+  (Woodbury: :math:`J_i (\Sigma^{-1} - J_i^\top \Lambda_i J_i)^{-1} J_i^\top
+  = (I - A_i \Lambda_i)^{-1} A_i`). For a Gaussian likelihood and the exact
+  posterior covariance, ``"leverage"`` is exact leave-one-out
+  (:math:`r_i / (1 - H_{ii})` of ridge regression). ``"diagonal"`` is the
+  memory-perturbation paper's estimate (Nickl et al., 2023).
+
+  Examples:
+    >>> import jax.numpy as jnp, ivon_optax
+    >>> covariance = jnp.array([[[0.5]]])  # ridge: H_ii = A_i / s^2 = 0.5 with s^2 = 1
+    >>> error, curvature = jnp.array([[1.0]]), jnp.array([[[1.0]]])  # f_i - y_i = 1
+    >>> ivon_optax.sensitivity.loo_change(covariance, error, curvature)  # 0.5 / (1 - 0.5)
+    Array([[1.]], dtype=float32)
+
+  Args:
+    covariance: ``(n, k, k)`` prediction covariances :math:`A_i`
+      (:func:`ivon_optax.sensitivity.prediction_covariance`, or
+      :math:`J_i \Sigma J_i^\top` for any posterior covariance :math:`\Sigma`).
+    error: ``(n, k)`` prediction errors :math:`e_i`.
+    curvature: ``(n, k, k)`` loss Hessians :math:`\Lambda_i` in the outputs
+      (only ``"leverage"`` reads them).
+    method: ``"diagonal"``, ``"block"`` or ``"leverage"``.
+
+  Returns:
+    ``(n, k)`` changes :math:`\Delta f_i`.
+  """
+  _check_method(method)
+  if jnp.ndim(error) != 2 or jnp.shape(covariance) != (*jnp.shape(error), jnp.shape(error)[-1]):
+    raise ValueError(
+      f"`error` must have shape (n, k) and `covariance` (n, k, k); got {jnp.shape(error)} "
+      f"and {jnp.shape(covariance)}."
+    )
+  if jnp.shape(curvature) != jnp.shape(covariance):
+    raise ValueError(
+      f"`curvature` must have the shape of `covariance` {jnp.shape(covariance)}; got "
+      f"{jnp.shape(curvature)}."
+    )
+  if method == "diagonal":
+    return jnp.diagonal(covariance, axis1=-2, axis2=-1) * error
+  step = jnp.einsum("nkl,nl->nk", covariance, error)
+  if method == "block":
+    return step
+  identity = jnp.eye(jnp.shape(error)[-1], dtype=step.dtype)
+  removal = identity - jnp.einsum("nkl,nlm->nkm", covariance, curvature)
+  return jnp.linalg.solve(removal, step[..., None])[..., 0]
+
+
+def softmax_error_and_curvature(logits: chex.Array, labels: chex.Array) -> tuple:
+  r"""The softmax cross-entropy's gradient and Hessian in the logits.
+
+  .. math::
+    e_i = p_i - \mathrm{onehot}(y_i), \qquad
+    \Lambda_i = \operatorname{diag}(p_i) - p_i p_i^\top,
+    \qquad p_i = \mathrm{softmax}(f_i)
+
+  Examples:
+    >>> import jax.numpy as jnp, ivon_optax
+    >>> error, curvature = ivon_optax.sensitivity.softmax_error_and_curvature(
+    ...     jnp.zeros((1, 2)), jnp.array([0]))
+    >>> error, curvature[0]
+    (Array([[-0.5,  0.5]], dtype=float32), Array([[ 0.25, -0.25],
+           [-0.25,  0.25]], dtype=float32))
+
+  Args:
+    logits: ``(n, k)`` logits :math:`f_i`.
+    labels: ``(n,)`` integer labels in ``[0, k)`` (not checked here).
+
+  Returns:
+    ``(error, curvature)`` of shapes ``(n, k)`` and ``(n, k, k)``, the inputs
+    of :func:`loo_change`.
+  """
+  probs = jax.nn.softmax(logits, axis=-1)
+  curvature = jax.vmap(jnp.diag)(probs) - probs[:, :, None] * probs[:, None, :]
+  return _softmax_error(probs, labels), curvature
+
+
+def _softmax_error(probs: chex.Array, labels: chex.Array) -> chex.Array:
+  return probs - jax.nn.one_hot(labels, jnp.shape(probs)[-1], dtype=probs.dtype)
+
+
 def leave_one_out(
   apply_fn: ApplyFn,
   state: optax.OptState,
@@ -120,16 +247,50 @@ def leave_one_out(
   inputs: Any,
   labels: chex.Array,
   *,
+  method: LOOMethod = "diagonal",
   chunk_size: int = 32,
   eps: float = 1e-10,
 ) -> LOOEstimate:
   r"""Leave-one-out NLL and error of a classifier, from its IVON posterior and training data.
 
-  One jitted pass over the training data:
-  :func:`ivon_optax.sensitivity.classification_sensitivity` gives the logits
-  and :math:`\Delta f_i = v_i \odot e_i`, then :func:`loo_from_change`.
-  Call it after every epoch to track generalization or to stop early; the
-  pass compiles once for a given ``apply_fn`` object and input shapes.
+  One jitted pass over the training data computes the logits :math:`f_i`,
+  their covariance :math:`A_i = J_i \operatorname{diag}(\sigma^2) J_i^\top`
+  under IVON's diagonal posterior, the change :math:`\Delta f_i` of
+  :func:`loo_change` for ``method``, and then :func:`loo_from_change`. Call it
+  after every epoch to track generalization or to stop early; the pass
+  compiles once for a given ``apply_fn`` object and input shapes.
+
+  *Accuracy* against exact leave-one-out (300 refits) of convex logistic
+  regression on 300 digits, exact LOO NLL 0.2145 (``python
+  benchmarks/loo_accuracy.py``; ratios estimate / truth):
+
+  ============================  ==========  =======  ==========
+  posterior                     diagonal    block    leverage
+  ============================  ==========  =======  ==========
+  exact diagonal precision      1.70x       1.70x    2.66x
+  exact full covariance         1.97x       0.63x    1.01x
+  IVON, ``beta2=0.999``         1.60x       1.60x    1.22x
+  IVON + refreshed :math:`h`    0.92x       0.92x    3.12x
+  ============================  ==========  =======  ==========
+
+  (IVON rows: mean of 5 seeds; the seed spread is large, see the docs.)
+  With IVON's diagonal posterior, ``"diagonal"`` (the default, and the
+  memory-perturbation paper's estimate) is the most accurate and the most
+  stable; ``"block"`` equals it for a model linear in its params and differs
+  little otherwise. ``"leverage"`` needs the full covariance: a diagonal
+  :math:`\sigma^2` overstates :math:`A_i` for correlated inputs, the correction
+  :math:`(I - A_i \Lambda_i)^{-1}` then amplifies the error and, where an
+  eigenvalue of :math:`A_i \Lambda_i` reaches 1, flips its sign. Use it with
+  :func:`loo_change` and :math:`A_i = J_i \Sigma J_i^\top` from a full
+  covariance, where it is within 1% of exact leave-one-out. On a digits MLP
+  that fits its training set (train NLL 0.003) every method stays far below
+  10-fold cross-validation (0.04x to 0.3x): the estimate is first order in
+  :math:`e_i`, which vanishes once the data are memorized.
+
+  All three are only as good as IVON's :math:`h` (:math:`\sigma^2 = 1/(\lambda
+  (h + \delta))`): while :math:`h` is still near ``hess_init``
+  (:func:`ivon_optax.diagnostics`, ``hess_at_init``), the estimate is set by
+  ``hess_init``, not by the data.
 
   Examples:
     >>> import jax, jax.numpy as jnp, ivon_optax
@@ -142,7 +303,9 @@ def leave_one_out(
     >>> bool(estimate.nll > estimate.train_nll)  # leaving out never helps here
     True
 
-    During training, e.g. with early stopping on the estimate::
+    During training, e.g. to stop early on the estimate (measured against a
+    held-out set, it stopped late in every overfitting run of the docs'
+    selection study, so prefer a held-out set where there is one)::
 
       best = float("inf")
       for epoch in range(num_epochs):
@@ -158,13 +321,26 @@ def leave_one_out(
     params: the mean :math:`m`.
     inputs: training inputs with a leading batch axis.
     labels: ``(n,)`` integer labels in ``[0, classes)``.
+    method: ``"diagonal"`` (default), ``"block"`` or ``"leverage"`` (:func:`loo_change`).
+      The last two hold ``(n, classes, classes)`` covariance blocks in memory.
     chunk_size: examples per vectorized Jacobian chunk (memory bound).
     eps: the floor on the probabilities inside the log.
 
   Returns:
     A :class:`LOOEstimate` of scalars.
   """
-  sensitivity = classification_sensitivity(
-    apply_fn, state, params, inputs, labels, chunk_size=chunk_size
-  )
-  return loo_from_change(sensitivity.outputs, labels, sensitivity.change, eps=eps)
+  _check_method(method)
+  _check_batch("labels", labels, _num_examples(inputs))
+  # Refuse bad labels before the Jacobians, the expensive part.
+  check_labels(labels, jax.eval_shape(apply_fn, params, inputs).shape[-1])
+  std = posterior_std(state, params)
+  if method == "diagonal":
+    # Only the diagonal of A_i is needed: no (n, k, k) blocks, as many classes
+    # would make them large.
+    logits, variance = prediction_variance(apply_fn, params, std, inputs, chunk_size=chunk_size)
+    error = _softmax_error(jax.nn.softmax(logits, axis=-1), labels)
+    return loo_from_change(logits, labels, variance * error, eps=eps)
+  logits, covariance = prediction_covariance(apply_fn, params, std, inputs, chunk_size=chunk_size)
+  error, curvature = softmax_error_and_curvature(logits, labels)
+  change = loo_change(covariance, error, curvature, method=method)
+  return loo_from_change(logits, labels, change, eps=eps)

@@ -49,6 +49,7 @@ References:
 """
 
 import functools
+import math
 from collections.abc import Callable
 from typing import Any
 from typing import NamedTuple
@@ -175,6 +176,68 @@ def prediction_variance(
     return output, _jacobian_variance(jacobian, variance_params, jnp.ndim(output))
 
   return jax.lax.map(example_variance, inputs, batch_size=chunk_size)
+
+
+def _jacobian_covariance(jacobian, variance_params, output_ndim: int) -> jax.Array:
+  r""":math:`J \operatorname{diag}(\sigma^2) J^\top` summed over all leaves, for one example."""
+
+  def leaf_covariance(jac, sigma_squared):
+    num_outputs = math.prod(jnp.shape(jac)[:output_ndim])
+    flat = jnp.reshape(jac, (num_outputs, -1))
+    return (flat * jnp.ravel(sigma_squared)) @ flat.T
+
+  terms = jax.tree.leaves(jax.tree.map(leaf_covariance, jacobian, variance_params))
+  return functools.reduce(jnp.add, terms)
+
+
+@functools.partial(jax.jit, static_argnames=("apply_fn", "chunk_size"))
+def prediction_covariance(
+  apply_fn: ApplyFn,
+  params: optax.Params,
+  std: optax.Params,
+  inputs: Any,
+  *,
+  chunk_size: int = 32,
+) -> tuple[chex.Array, chex.Array]:
+  r"""Outputs and their linearized covariance :math:`A_i = J_i \mathrm{diag}(\sigma^2) J_i^\top`.
+
+  The full :math:`K \times K` block of each example, from the same
+  per-example Jacobians as :func:`prediction_variance` (whose result is its
+  diagonal) and at the same cost; memory adds ``n * K * K`` floats for the
+  result. Outputs are flattened to ``K`` values per example.
+
+  Examples:
+    >>> import jax.numpy as jnp, ivon_optax
+    >>> apply_fn = lambda p, x: x @ p["w"]
+    >>> params = {"w": jnp.ones((3, 2))}
+    >>> std = {"w": jnp.full((3, 2), 0.5)}
+    >>> outputs, covariance = ivon_optax.sensitivity.prediction_covariance(
+    ...     apply_fn, params, std, jnp.array([[1.0, 2.0, 0.0]]))
+    >>> covariance[0]  # each output has its own weights: no covariance between them
+    Array([[1.25, 0.  ],
+           [0.  , 1.25]], dtype=float32)
+
+  Args:
+    apply_fn: ``apply_fn(params, inputs) -> outputs`` on a batch (static).
+    params: the mean :math:`m`.
+    std: the posterior standard deviation :math:`\sigma`, like ``params``.
+    inputs: an array, or pytree of arrays, with a leading batch axis.
+    chunk_size: examples per vectorized Jacobian chunk.
+
+  Returns:
+    ``(outputs, covariance)`` of shapes ``(n, K)`` and ``(n, K, K)``.
+  """
+  chunk_size = _check_chunk_size(chunk_size)
+  _num_examples(inputs)
+  _trees.check_like_params("std", std, params, "Pass ivon_optax.posterior_std(state, params).")
+  output_fn = _example_output_fn(apply_fn)
+  variance_params = jax.tree.map(jnp.square, std)
+
+  def example_covariance(example):
+    jacobian, output = jax.jacrev(lambda p: (output_fn(p, example),) * 2, has_aux=True)(params)
+    return jnp.ravel(output), _jacobian_covariance(jacobian, variance_params, jnp.ndim(output))
+
+  return jax.lax.map(example_covariance, inputs, batch_size=chunk_size)
 
 
 def _chunked_outputs(apply_fn: ApplyFn, params, inputs, chunk_size: int) -> jax.Array:
