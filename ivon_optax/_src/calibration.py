@@ -51,8 +51,9 @@ def temperature_scale(logits: chex.Array, temperature: chex.Array) -> chex.Array
   Examples:
     >>> import jax.numpy as jnp, ivon_optax.calibration
     >>> logits = jnp.array([[2.0, 0.0]])
-    >>> jnp.exp(ivon_optax.calibration.temperature_scale(logits, 2.0)).round(2)
-    Array([[0.73, 0.27]], dtype=float32)
+    >>> probs = jnp.exp(ivon_optax.calibration.temperature_scale(logits, 2.0))
+    >>> [round(float(p), 3) for p in probs[0]]  # softmax([1, 0])
+    [0.731, 0.269]
 
   Args:
     logits: logits or log probabilities, class axis last.
