@@ -36,9 +36,12 @@ def test_vmapped_ensemble_training_equals_separate_runs():
 
   @jax.jit
   def one_member(params, key):
-    state = tx.init(params)
-    for step in range(num_steps):
-      params, state = train_step(tx, params, state, jax.random.fold_in(key, step), make_batch(step))
+    def step(carry, step):
+      params, state = carry
+      batch = make_batch(step)
+      return train_step(tx, params, state, jax.random.fold_in(key, step), batch), None
+
+    (params, state), _ = jax.lax.scan(step, (params, tx.init(params)), jnp.arange(num_steps))
     return params, state
 
   separate = [one_member(p, k) for p, k in zip(members, keys, strict=True)]
