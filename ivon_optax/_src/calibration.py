@@ -1,0 +1,273 @@
+r"""Post-hoc calibration on a validation split: a logit temperature, and IVON's posterior scale.
+
+**Temperature scaling** (Guo et al., 2017) divides a classifier's logits
+:math:`z` by one scalar :math:`T > 0` fitted on held-out data by minimising
+the negative log-likelihood,
+
+.. math::
+  \hat T = \arg\min_{T > 0} \; \frac1n \sum_i
+    \Big[\mathrm{logsumexp}_k \big(z_{ik} / T\big) - z_{i y_i} / T\Big].
+
+:math:`T > 1` softens overconfident predictions, :math:`T < 1` sharpens
+underconfident ones. Rows of log probabilities work as logits (the softmax
+ignores a per-row constant), so the same fit applies to a Bayesian model
+average, :func:`ivon_optax.predict.predictive_log_probs`.
+
+**The posterior scale** :math:`\tau` is the variational analogue: weights are
+drawn from :math:`\mathcal{N}(m, \tau^2\sigma^2)` instead of
+:math:`\mathcal{N}(m, \sigma^2)`. Since
+:math:`\sigma = 1/\sqrt{\lambda (h + \delta)}`, scaling :math:`\sigma` by
+:math:`\tau` is replacing the effective sample size :math:`\lambda` by
+:math:`\lambda / \tau^2` (:func:`scale_posterior`). :math:`\tau < 1` narrows
+the posterior (a "cold" posterior), :math:`\tau > 1` widens it.
+"""
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+import optax
+
+from ivon_optax._src.checks import check_count
+from ivon_optax._src.checks import nan_unless
+from ivon_optax._src.checks import require
+from ivon_optax._src.metrics import check_labels
+from ivon_optax._src.metrics import negative_log_likelihood
+from ivon_optax._src.sampling import find_ivon_state
+from ivon_optax._src.transform import IVONState
+
+
+def _check_positive(name: str, value: chex.Array, fix: str) -> chex.Array:
+  """Elementwise ``value > 0`` (NaN fails); raises ``ValueError`` on concrete values."""
+  value = jnp.asarray(value)
+  return require(value > 0, value, f"`{name}` must be > 0; found {{}}. {fix}")
+
+
+def temperature_scale(logits: chex.Array, temperature: chex.Array) -> chex.Array:
+  r"""Log probabilities at temperature :math:`T`: :math:`\log\mathrm{softmax}(z / T)`.
+
+  Examples:
+    >>> import jax.numpy as jnp, ivon_optax.calibration
+    >>> logits = jnp.array([[2.0, 0.0]])
+    >>> probs = jnp.exp(ivon_optax.calibration.temperature_scale(logits, 2.0))
+    >>> [round(float(p), 3) for p in probs[0]]  # softmax([1, 0])
+    [0.731, 0.269]
+
+  Args:
+    logits: logits or log probabilities, class axis last.
+    temperature: :math:`T > 0`, a scalar (or anything that broadcasts against
+      ``logits[..., :1]``).
+
+  Returns:
+    Normalized log probabilities like ``logits``. Under ``jit``, a temperature
+    that is not positive gives NaN.
+  """
+  valid = _check_positive("temperature", temperature, "Fit one with fit_temperature.")
+  scaled = jax.nn.log_softmax(jnp.asarray(logits) / temperature, axis=-1)
+  return nan_unless(valid, scaled)
+
+
+def _nll_slope(inverse_temperature: chex.Array, logits: chex.Array, labels: chex.Array):
+  r""":math:`\frac{d}{d\beta}` of the mean NLL at :math:`\beta = 1/T`: :math:`E_{p_\beta}[z] - z_y`.
+
+  Entries with probability 0 (logits of :math:`-\infty`) contribute 0, not
+  :math:`0 \cdot \infty`.
+  """
+  probs = jax.nn.softmax(inverse_temperature * logits, axis=-1)
+  expected = jnp.sum(jnp.where(probs > 0, probs * logits, 0.0), axis=-1)
+  label_logit = jnp.take_along_axis(logits, labels[..., None], axis=-1)[..., 0]
+  return jnp.mean(expected - label_logit)
+
+
+def fit_temperature(
+  logits: chex.Array,
+  labels: chex.Array,
+  *,
+  bounds: tuple[float, float] = (0.01, 100.0),
+  num_iterations: int = 60,
+) -> chex.Array:
+  r"""The temperature :math:`\hat T` that minimises the mean NLL of ``labels``.
+
+  The NLL is convex in the inverse temperature :math:`\beta = 1/T`, with slope
+
+  .. math::
+    \frac{d}{d\beta}\,\mathrm{NLL}(\beta)
+      = \frac1n \sum_i \big(\mathbb{E}_{\mathrm{softmax}(\beta z_i)}[z_{ik}] - z_{i y_i}\big),
+
+  which increases with :math:`\beta`. The fit bisects on :math:`\log\beta`
+  for the sign change of this slope, a fixed number of times: no learning
+  rate, no starting point, and jittable. Each iteration halves the bracket
+  ``bounds`` in log space, so 60 iterations reach round-off.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, ivon_optax.calibration
+    >>> logits = 3.0 * jax.random.normal(jax.random.key(0), (4000, 5))
+    >>> labels = jax.random.categorical(jax.random.key(1), logits / 2.0)  # true T = 2
+    >>> t = ivon_optax.calibration.fit_temperature(logits, labels)
+    >>> bool(1.8 < t < 2.2)
+    True
+
+  Args:
+    logits: logits or log probabilities ``(n, classes)`` of a validation
+      split (any leading shape; the NLL is the mean over all rows).
+    labels: integer labels ``logits.shape[:-1]``.
+    bounds: ``(T_min, T_max)``, the bracket searched. Where the NLL still
+      decreases at a bound (e.g. separable data, where it keeps falling as
+      :math:`T \to 0`), that bound is returned.
+    num_iterations: bisection steps (an integer >= 1).
+
+  Returns:
+    :math:`\hat T`, a float32 (or float64) scalar. NaN for an invalid label,
+    a NaN logit, or bounds that are not ``0 < T_min < T_max`` (under ``jit``
+    these cannot raise).
+  """
+  num_iterations = check_count("num_iterations", num_iterations, fix="Use e.g. 60.")
+  logits = jnp.asarray(logits)
+  if jnp.ndim(logits) < 1 or jnp.shape(logits)[:-1] != jnp.shape(labels) or jnp.size(labels) == 0:
+    raise ValueError(
+      f"`logits` with shape {jnp.shape(logits)} and `labels` with shape {jnp.shape(labels)}: "
+      "pass one integer label per row of logits (class axis last), at least one row."
+    )
+  dtype = jnp.promote_types(logits.dtype, jnp.float32)
+  logits = logits.astype(dtype)
+  labels = jnp.asarray(labels)
+  low, high = jnp.asarray(bounds[0], dtype), jnp.asarray(bounds[1], dtype)
+  valid_bounds = require(
+    (low > 0) & (high > low),
+    jnp.stack([low, high]),
+    "`bounds` must be (T_min, T_max) with 0 < T_min < T_max; found {}.",
+  )
+  valid = (
+    jnp.all(check_labels(labels, jnp.shape(logits)[-1]))
+    & ~jnp.any(jnp.isnan(logits))
+    & jnp.all(valid_bounds)
+  )
+
+  # Bisect on log beta, beta = 1/T in [1/T_max, 1/T_min].
+  def bisect(_, bracket):
+    log_low, log_high = bracket
+    middle = 0.5 * (log_low + log_high)
+    increasing = _nll_slope(jnp.exp(middle), logits, labels) > 0
+    return jnp.where(increasing, log_low, middle), jnp.where(increasing, middle, log_high)
+
+  bracket = (-jnp.log(high), -jnp.log(low))
+  log_low, log_high = jax.lax.fori_loop(0, num_iterations, bisect, bracket)
+  return nan_unless(valid, jnp.exp(-0.5 * (log_low + log_high)))
+
+
+def scale_posterior(state: optax.OptState, scale: chex.Array) -> optax.OptState:
+  r"""``state`` with IVON's posterior standard deviation scaled: :math:`\sigma \to \tau\sigma`.
+
+  The IVON state's effective sample size becomes :math:`\lambda/\tau^2`, so that
+  :func:`ivon_optax.sample_params`, :func:`ivon_optax.posterior_std` and
+  :func:`ivon_optax.predict.sample_outputs` of the returned state draw from
+  :math:`\mathcal{N}(m, \tau^2\sigma^2)`. With :math:`\tau = 1` the state
+  is unchanged and the samples are identical, key for key. The IVON state
+  is found inside any wrapper (``chain``, ``inject_hyperparams``, ...); for a
+  stack of ensemble members' states, one :math:`\tau` scales them all.
+
+  The scaled state is for prediction: training on from it would continue with
+  the scaled :math:`\lambda` in the update.
+
+  Examples:
+    >>> import jax.numpy as jnp, ivon_optax.calibration
+    >>> params = {"w": jnp.zeros(2)}
+    >>> state = ivon_optax.ivon(0.1, ess=4.0, hess_init=1.0, weight_decay=0.0).init(params)
+    >>> wider = ivon_optax.calibration.scale_posterior(state, 2.0)
+    >>> ivon_optax.posterior_std(wider, params)["w"]
+    Array([1., 1.], dtype=float32)
+
+  Args:
+    state: an optax state containing exactly one :class:`ivon_optax.IVONState`.
+    scale: :math:`\tau > 0`, a scalar.
+
+  Returns:
+    The state, its structure unchanged. Under ``jit``, a :math:`\tau` that is not
+    positive makes :math:`\lambda`, hence every sample, NaN.
+  """
+  find_ivon_state(state)  # exactly one, or a ValueError that says so
+  valid = _check_positive("scale", scale, "Pass the posterior scale tau, e.g. 1.0 for none.")
+
+  def rescale(node):
+    if not isinstance(node, IVONState):
+      return node
+    ess = nan_unless(valid, node.ess / jnp.square(jnp.asarray(scale, node.ess.dtype)))
+    return node._replace(ess=ess.astype(node.ess.dtype))
+
+  return jax.tree.map(rescale, state, is_leaf=lambda node: isinstance(node, IVONState))
+
+
+class PosteriorScaleFit(NamedTuple):
+  """The posterior scale with the lowest validation NLL, and the NLL at every candidate."""
+
+  scale: chex.Array  # shape=(): the chosen tau.
+  scales: chex.Array  # shape=(candidates,): the candidates tried.
+  nlls: chex.Array  # shape=(candidates,): the validation NLL at each.
+
+
+def default_scales() -> chex.Array:
+  r"""The default candidates for :math:`\tau`: 17 values from 1/8 to 2, evenly spaced in log."""
+  return jnp.geomspace(0.125, 2.0, 17)
+
+
+def fit_posterior_scale(
+  predict_fn: Callable[[chex.Array], chex.Array],
+  labels: chex.Array,
+  *,
+  scales: chex.Array | None = None,
+) -> PosteriorScaleFit:
+  r"""The posterior scale :math:`\hat\tau` with the lowest NLL among candidate ``scales``.
+
+  .. math::
+    \hat\tau = \arg\min_{\tau \in \text{scales}} \; -\frac1n \sum_i
+      \log \frac1S \sum_s p\big(y_i \mid x_i, m + \tau\sigma\odot\epsilon_s\big)
+
+  ``predict_fn(tau)`` returns the Bayesian model average's log probabilities
+  on the validation inputs at scale :math:`\tau`, typically
+  :func:`ivon_optax.predict.predictive_log_probs` of
+  :func:`ivon_optax.predict.sample_outputs` of :func:`scale_posterior` ``(state,
+  tau)``. Give it a **fixed key**: the same :math:`\epsilon_s` at every
+  :math:`\tau` (common random numbers) make the NLL a smooth function of
+  :math:`\tau`, so that candidates are compared without Monte-Carlo noise
+  between them. The candidates are evaluated one at a time
+  (``jax.lax.map``), with the memory of one.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, ivon_optax.calibration
+    >>> params = {"w": jnp.eye(3)}
+    >>> state = ivon_optax.ivon(0.1, ess=1.0, hess_init=1.0).init(params)
+    >>> x, y = 3.0 * jnp.eye(3), jnp.arange(3)  # the mean classifies all correctly
+    >>> def predict_fn(tau):
+    ...   scaled = ivon_optax.calibration.scale_posterior(state, tau)
+    ...   logits = ivon_optax.predict.sample_outputs(
+    ...       jax.random.key(0), lambda p, x: x @ p["w"], scaled, params, x, num_samples=32)
+    ...   return ivon_optax.predict.predictive_log_probs(logits)
+    >>> fit = ivon_optax.calibration.fit_posterior_scale(predict_fn, y)
+    >>> round(float(fit.scale), 3)  # sigma = 1 is far too wide: the smallest candidate wins
+    0.125
+
+  Args:
+    predict_fn: ``predict_fn(tau) -> log_probs``, jittable, normalized log
+      probabilities ``(n, classes)`` for a scalar :math:`\tau`.
+    labels: the validation labels, ``log_probs.shape[:-1]``.
+    scales: the candidate :math:`\tau` values, a 1-D array; by default
+      :func:`default_scales` (1/8 to 2). Include 1 to allow "no change".
+
+  Returns:
+    A :class:`PosteriorScaleFit`. NaN NLLs (invalid labels or predictions
+    under ``jit``) make ``scale`` NaN.
+  """
+  scales = default_scales() if scales is None else jnp.asarray(scales)
+  if jnp.ndim(scales) != 1 or jnp.size(scales) == 0:
+    raise ValueError(
+      f"`scales` must be a non-empty 1-D array of candidate posterior scales; got shape "
+      f"{jnp.shape(scales)}."
+    )
+  valid = jnp.all(_check_positive("scales", scales, "Candidates must be positive."))
+  nlls = jax.lax.map(lambda tau: negative_log_likelihood(predict_fn(tau), labels), scales)
+  best = scales[jnp.argmin(nlls)]
+  return PosteriorScaleFit(
+    scale=nan_unless(valid & ~jnp.any(jnp.isnan(nlls)), best), scales=scales, nlls=nlls
+  )
