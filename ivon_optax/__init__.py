@@ -3,12 +3,15 @@
 The top level holds the optimizer and its posterior. The applications live in
 submodules named for what they hold: :mod:`ivon_optax.predict`,
 :mod:`ivon_optax.metrics`, :mod:`ivon_optax.sensitivity`,
-:mod:`ivon_optax.merging`, :mod:`ivon_optax.sharding` and
+:mod:`ivon_optax.merging`, :mod:`ivon_optax.calibration`,
+:mod:`ivon_optax.ensemble`, :mod:`ivon_optax.sharding` and
 :mod:`ivon_optax.random`, all imported with the package, and
 :mod:`ivon_optax.flax` and :mod:`ivon_optax.checkpoint`, imported on their own
 because they need Flax and Orbax.
 """
 
+from ivon_optax import calibration as calibration
+from ivon_optax import ensemble as ensemble
 from ivon_optax import merging as merging
 from ivon_optax import metrics as metrics
 from ivon_optax import predict as predict

@@ -50,10 +50,13 @@ SUBMODULES = {
     "classification_sensitivity",
     "gaussian_sensitivity",
     "leave_one_out",
+    "loo_change",
     "loo_from_change",
+    "prediction_covariance",
     "prediction_variance",
     "regression_sensitivity",
     "sampled_prediction_variance",
+    "softmax_error_and_curvature",
     "softmax_sensitivity",
   },
   "ivon_optax.merging": {"merge_models", "merge_with_precisions", "task_arithmetic"},
@@ -68,6 +71,15 @@ SUBMODULES = {
     "sample_nnx_params",
   },
   "ivon_optax.checkpoint": {"restore"},
+  "ivon_optax.calibration": {
+    "PosteriorScaleFit",
+    "default_scales",
+    "fit_posterior_scale",
+    "fit_temperature",
+    "scale_posterior",
+    "temperature_scale",
+  },
+  "ivon_optax.ensemble": {"sample_ensemble_outputs"},
 }
 
 PUBLIC = {"ivon_optax": CORE, **SUBMODULES}
@@ -110,7 +122,16 @@ def test_no_public_name_outside_all(name):
 def test_public_submodules_are_attributes_of_the_package():
   import ivon_optax
 
-  for name in ("predict", "metrics", "sensitivity", "merging", "sharding", "random"):
+  for name in (
+    "calibration",
+    "ensemble",
+    "predict",
+    "metrics",
+    "sensitivity",
+    "merging",
+    "sharding",
+    "random",
+  ):
     assert isinstance(getattr(ivon_optax, name), types.ModuleType), name
 
 
