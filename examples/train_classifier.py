@@ -143,7 +143,7 @@ def main(argv=None) -> dict:
 
   start = time.perf_counter()
   model = models.MLP(tuple(args.hidden), dataset.num_classes)
-  log_probs, train_loss = {}, {}
+  log_probs, train_loss, ivon_diagnostics = {}, {}, {}
   for name, config in configs.items():
     runs = models.train(
       model,
@@ -159,6 +159,9 @@ def main(argv=None) -> dict:
     train_loss[name] = runs.losses[:, -1].tolist()
     if name == "ivon":
       log_probs[bayes] = models.bayes_log_probs(model, runs, args.seeds, test.inputs, args.samples)
+      # Whether h learned from the data or sat at hess_init: one dict per seed.
+      logs = jax.vmap(ivon_optax.diagnostics)(runs.opt_state, runs.params)
+      ivon_diagnostics = {key: np.asarray(value).tolist() for key, value in logs.items()}
   table = {
     method: {m: v.tolist() for m, v in models.classification_metrics(lp, test.labels).items()}
     for method, lp in log_probs.items()
@@ -172,6 +175,14 @@ def main(argv=None) -> dict:
     if ivon in table and baseline in table
   ]
   print("\n".join(lines))
+  if ivon_diagnostics:
+    print(
+      "IVON diagnostics (mean over seeds): "
+      + ", ".join(
+        f"{key} {np.mean(ivon_diagnostics[key]):.3g}"
+        for key in ("hess_at_init", "hess_q50", "std_q50", "step_factor")
+      )
+    )
   print(f"\n({seconds:.0f} s)")
 
   os.makedirs(args.out, exist_ok=True)
@@ -188,6 +199,7 @@ def main(argv=None) -> dict:
     "configs": {name: config.describe() for name, config in configs.items()},
     "metrics": table,
     "final_train_loss": train_loss,
+    "ivon_diagnostics": ivon_diagnostics,
     "comparisons": lines,
     "seconds": seconds,
     "reliability_diagram": png,

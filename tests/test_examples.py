@@ -59,6 +59,11 @@ def test_main_job(tmp_path):
     # Five epochs on digits already beat chance (0.1) by far.
     assert min(metrics["accuracy"]) > 0.5, method
   assert len(result["comparisons"]) == 4
+  assert "IVON diagnostics (mean over seeds): hess_at_init" in stdout
+  diagnostics = result["ivon_diagnostics"]
+  assert diagnostics["step"] == [5 * (1437 // 128)] * 2  # 5 epochs of full batches of 128
+  assert all(0.0 <= f <= 1.0 for f in diagnostics["hess_at_init"])
+  assert all(s > 0 for s in diagnostics["std_q50"])
   assert os.path.getsize(result["reliability_diagram"]) > 10_000
 
 
