@@ -58,22 +58,19 @@ if ARGS is not None and ARGS.devices > 1:
     os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={ARGS.devices}"
   )
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-import optax
-import orbax.checkpoint as ocp
-from jax.sharding import AxisType
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
+import data  # noqa: E402 (after the device count is set)
+import jax  # noqa: E402 (after the device count is set)
+import jax.numpy as jnp  # noqa: E402 (after the device count is set)
+import models  # noqa: E402 (after the device count is set)
+import numpy as np  # noqa: E402 (after the device count is set)
+import optax  # noqa: E402 (after the device count is set)
+import orbax.checkpoint as ocp  # noqa: E402 (after the device count is set)
+from jax.sharding import AxisType  # noqa: E402 (after the device count is set)
+from jax.sharding import NamedSharding  # noqa: E402 (after the device count is set)
+from jax.sharding import PartitionSpec as P  # noqa: E402 (after the device count is set)
 
-import ivon_optax
-import ivon_optax.checkpoint
-
-# The shared model and data live beside this script.
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from digits_mlp import MLP
-from digits_mlp import load_data
+import ivon_optax  # noqa: E402 (after the device count is set)
+import ivon_optax.checkpoint  # noqa: E402 (after the device count is set)
 
 
 def make_optimizer(total_steps: int, num_train: int):
@@ -105,18 +102,12 @@ def make_mesh(num_devices: int):
   )
 
 
-def fsdp_spec(param, fsdp_size: int):
-  """Shards a param's last axis over 'fsdp' when it divides evenly, else replicates it."""
-  if param.ndim and param.shape[-1] % fsdp_size == 0:
-    return P(*([None] * (param.ndim - 1)), "fsdp")
-  return P()
-
-
 def initial_state(model, tx, mesh, seed: int):
   """Step 0's train state, laid out on ``mesh``."""
   params = model.init(jax.random.key(seed), jnp.zeros((1, 64)))["params"]
   params = jax.device_put(
-    params, jax.tree.map(lambda p: NamedSharding(mesh, fsdp_spec(p, mesh.shape["fsdp"])), params)
+    params,
+    jax.tree.map(lambda p: NamedSharding(mesh, models.fsdp_spec(p, mesh.shape["fsdp"])), params),
   )
   opt_state = jax.jit(
     tx.init,
@@ -149,9 +140,10 @@ def make_train_step(model, tx, base_key):
 
 
 def train(args) -> dict:
-  """Trains to ``args.stop_at`` (default: the end), resuming from the checkpoint directory; returns the final state."""
-  (train_x, train_y), (test_x, test_y) = load_data()
-  model = MLP()
+  """Trains to ``args.stop_at`` (default: the end), resuming from the checkpoint directory."""
+  digits = data.digits(num_train=1500, num_test=297)
+  (train_x, train_y), (test_x, test_y) = digits.train, digits.test
+  model = models.MLP((128,))
   tx = make_optimizer(args.total_steps, len(train_x))
   stop_at = args.total_steps if args.stop_at is None else min(args.stop_at, args.total_steps)
   mesh = make_mesh(jax.device_count())

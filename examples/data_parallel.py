@@ -22,7 +22,6 @@ On real accelerators drop the flag; for several hosts call
 
 import argparse
 import os
-import sys
 import time
 
 
@@ -41,22 +40,19 @@ os.environ["XLA_FLAGS"] = (
   os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={ARGS.devices}"
 )
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-import optax
-from jax.sharding import AxisType
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
+import data  # noqa: E402 (after the device count is set)
+import jax  # noqa: E402 (after the device count is set)
+import jax.numpy as jnp  # noqa: E402 (after the device count is set)
+import models  # noqa: E402 (after the device count is set)
+import numpy as np  # noqa: E402 (after the device count is set)
+import optax  # noqa: E402 (after the device count is set)
+from jax.sharding import AxisType  # noqa: E402 (after the device count is set)
+from jax.sharding import NamedSharding  # noqa: E402 (after the device count is set)
+from jax.sharding import PartitionSpec as P  # noqa: E402 (after the device count is set)
 
-import ivon_optax
+import ivon_optax  # noqa: E402 (after the device count is set)
 
-# The shared model and data live beside this script.
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from digits_mlp import MLP
-from digits_mlp import load_data
-
-MODEL = MLP()
+MODEL = models.MLP((128,))
 
 
 def loss_fn(params, inputs, labels):
@@ -83,13 +79,6 @@ def batches(train_x, train_y):
     yield step, train_x[chosen], train_y[chosen]
 
 
-def fsdp_spec(param, fsdp_size: int):
-  """Shards a param's last axis over 'fsdp' when it divides evenly, else replicates it."""
-  if param.ndim and param.shape[-1] % fsdp_size == 0:
-    return P(*([None] * (param.ndim - 1)), "fsdp")
-  return P()
-
-
 def one_sample_step(tx, base_key):
   """One IVON step; jitted over a mesh it is flavour 1."""
 
@@ -110,7 +99,7 @@ def mesh_data_parallel(params, train_x, train_y, base_key):
   )
   tx = make_optimizer(len(train_x))
   params = jax.device_put(
-    params, jax.tree.map(lambda p: NamedSharding(mesh, fsdp_spec(p, fsdp)), params)
+    params, jax.tree.map(lambda p: NamedSharding(mesh, models.fsdp_spec(p, fsdp)), params)
   )
   # Each state buffer laid out like its param; counts and scalars replicated.
   state_sharding = ivon_optax.sharding.state_sharding(jax.eval_shape(tx.init, params), params)
@@ -216,7 +205,8 @@ def main():
   if ARGS.devices < 2 or ARGS.devices % 2:
     raise SystemExit(f"--devices must be even and >= 2, got {ARGS.devices}.")
   print(f"{jax.device_count()} {jax.devices()[0].platform.upper()} devices")
-  (train_x, train_y), (test_x, test_y) = load_data()
+  digits = data.digits(num_train=1500, num_test=297)
+  (train_x, train_y), (test_x, test_y) = digits.train, digits.test
   base_key = jax.random.key(ARGS.seed)
   params = MODEL.init(jax.random.key(ARGS.seed + 1), train_x[:1])["params"]
   rows = []

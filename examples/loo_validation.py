@@ -7,30 +7,30 @@ correlation and what early stopping on the estimate would pick, then shows
 the pitfall: with the default ``beta2=0.99999`` the posterior variance stays
 at its ``hess_init`` scale and so does the estimate.
 
-Run from the repository root:
+Mean ± std over ``--seeds`` (each its own data split and run); the plot shows
+the first seed.
 
-  PYTHONPATH=. python examples/loo_validation.py --out loo_validation.png
+  python examples/loo_validation.py
 """
 
 import argparse
+import json
+import os
 
+import data
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
+import models
 import numpy as np
-import optax
 
 import ivon_optax
-
-try:
-  from examples import variance_common as common
-except ImportError:  # run as a script: python examples/loo_validation.py
-  import variance_common as common
 
 
 def parse_args(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--num-train", type=int, default=300)
-  parser.add_argument("--epochs", type=int, default=60)
-  parser.add_argument("--steps-per-epoch", type=int, default=10, help="IVON steps (batch 32)")
+  parser.add_argument("--epochs", type=int, default=60, help="IVON epochs (batch 32)")
   parser.add_argument("--learning-rate", type=float, default=0.3)
   parser.add_argument("--schedule", choices=["cosine", "constant"], default="cosine")
   parser.add_argument("--hess-init", type=float, default=0.1)
@@ -42,37 +42,58 @@ def parse_args(argv=None):
     default=30,
     help="epochs per run of the hess_init comparison (0 to skip it)",
   )
-  parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--out", default="loo_validation.png")
+  parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+  parser.add_argument("--out", default="outputs")
   return parser.parse_args(argv)
 
 
-def run(args, *, hess_init, beta2, num_epochs):
-  train, test = common.load_digits_splits([args.num_train, 800], seed=args.seed)
-  params = common.init_mlp(jax.random.key(args.seed), [64, 32, common.NUM_CLASSES])
-  if args.schedule == "cosine":
-    schedule = optax.cosine_decay_schedule(
-      args.learning_rate, num_epochs * args.steps_per_epoch, alpha=0.05
-    )
-  else:
-    schedule = optax.constant_schedule(args.learning_rate)
-  tx = ivon_optax.ivon(
-    schedule,
-    ess=float(args.num_train),
+def run(args, seed, *, hess_init, beta2, num_epochs, every_epoch=True):
+  """IVON training; the LOO estimate, train and test NLL after each epoch (or the last)."""
+  dataset = data.digits(num_train=args.num_train, num_test=800, seed=seed)
+  train, test = dataset.train, dataset.test
+  model = models.MLP((32,), activation=nn.tanh)
+  apply = lambda params, inputs: model.apply({"params": params}, inputs)
+  config = models.OptimizerConfig(
+    "ivon",
+    args.learning_rate,
+    args.weight_decay,
+    batch_size=32,
     hess_init=hess_init,
     beta2=beta2,
-    weight_decay=args.weight_decay,
+    warmup_epochs=0,
+    schedule=args.schedule,
   )
-  return common.train_with_loo(
-    jax.random.key(args.seed + 1),
-    tx,
-    params,
-    train,
-    test,
-    num_epochs=num_epochs,
-    steps_per_epoch=args.steps_per_epoch,
-    batch_size=32,
-  )[2]
+  rows = []
+
+  def record(epoch, params, opt_state):
+    if not every_epoch and epoch < num_epochs - 1:
+      return
+    params, opt_state = models.select(params, 0), models.select(opt_state, 0)
+    estimate = ivon_optax.sensitivity.leave_one_out(
+      apply, opt_state, params, jnp.asarray(train.inputs), jnp.asarray(train.labels)
+    )
+    test_log_probs = jax.nn.log_softmax(apply(params, test.inputs))
+    rows.append(
+      {
+        "loo_nll": float(estimate.nll),
+        "loo_error": float(estimate.error),
+        "train_nll": float(estimate.train_nll),
+        "test_nll": float(ivon_optax.metrics.negative_log_likelihood(test_log_probs, test.labels)),
+        "test_error": 1.0 - float(ivon_optax.metrics.accuracy(test_log_probs, test.labels)),
+      }
+    )
+
+  models.train(
+    model,
+    config,
+    train.inputs,
+    train.labels,
+    seeds=[seed],
+    epochs=num_epochs,
+    progress=False,
+    on_epoch=record,
+  )
+  return {key: np.asarray([row[key] for row in rows]) for key in rows[0]}
 
 
 def correlation(a, b) -> float:
@@ -88,17 +109,17 @@ def plot(path, log):
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  epochs = np.arange(1, len(log.test_nll) + 1)
+  epochs = np.arange(1, len(log["test_nll"]) + 1)
   fig, (nll_ax, error_ax) = plt.subplots(1, 2, figsize=(10, 3.8))
-  nll_ax.plot(epochs, log.test_nll, label="test NLL (held out)", color="black")
-  nll_ax.plot(epochs, log.loo_nll, label="LOO estimate (training data only)", color="tab:red")
-  nll_ax.plot(epochs, log.train_nll, label="training NLL", color="tab:blue", ls="--")
-  picked = int(np.argmin(log.loo_nll))
+  nll_ax.plot(epochs, log["test_nll"], label="test NLL (held out)", color="black")
+  nll_ax.plot(epochs, log["loo_nll"], label="LOO estimate (training data only)", color="tab:red")
+  nll_ax.plot(epochs, log["train_nll"], label="training NLL", color="tab:blue", ls="--")
+  picked = int(np.argmin(log["loo_nll"]))
   nll_ax.axvline(picked + 1, color="tab:red", ls=":", lw=1, label="early stop on LOO")
   nll_ax.set(xlabel="epoch", ylabel="NLL", yscale="log", title="negative log-likelihood")
   nll_ax.legend(fontsize=8)
-  error_ax.plot(epochs, log.test_error, label="test error", color="black")
-  error_ax.plot(epochs, log.loo_error, label="LOO error estimate", color="tab:red")
+  error_ax.plot(epochs, log["test_error"], label="test error", color="black")
+  error_ax.plot(epochs, log["loo_error"], label="LOO error estimate", color="tab:red")
   error_ax.set(xlabel="epoch", ylabel="error rate", title="error")
   error_ax.legend(fontsize=8)
   fig.tight_layout()
@@ -108,58 +129,76 @@ def plot(path, log):
 
 def main(argv=None) -> dict:
   args = parse_args(argv)
-  log = run(args, hess_init=args.hess_init, beta2=args.beta2, num_epochs=args.epochs)
-  plot(args.out, log)
-  picked = int(np.argmin(log.loo_nll))
-  best = int(np.argmin(log.test_nll))
+  os.makedirs(args.out, exist_ok=True)
+  per_seed = []
+  for index, seed in enumerate(args.seeds):
+    log = run(args, seed, hess_init=args.hess_init, beta2=args.beta2, num_epochs=args.epochs)
+    if index == 0:
+      plot(os.path.join(args.out, "loo_validation.png"), log)
+    picked, best = int(np.argmin(log["loo_nll"])), int(np.argmin(log["test_nll"]))
+    per_seed.append(
+      {
+        "correlation_nll": correlation(log["loo_nll"], log["test_nll"]),
+        "correlation_error": correlation(log["loo_error"], log["test_error"]),
+        "picked_epoch": picked + 1,
+        "picked_test_nll": float(log["test_nll"][picked]),
+        "best_epoch": best + 1,
+        "best_test_nll": float(log["test_nll"][best]),
+        "final": {name: float(values[-1]) for name, values in log.items()},
+      }
+    )
+  spread = lambda values: f"{np.mean(values):.3f} ± {np.std(values):.3f}"
+  field = lambda key: [row[key] for row in per_seed]
+  final = lambda key: [row["final"][key] for row in per_seed]
+  print(f"{len(args.seeds)} seeds (mean ± std), {args.epochs} epochs")
+  print(
+    f"corr(LOO NLL, test NLL) over epochs: {spread(field('correlation_nll'))}; "
+    f"corr(LOO error, test error): {spread(field('correlation_error'))}"
+  )
+  print(
+    f"early stopping on the LOO estimate: test NLL {spread(field('picked_test_nll'))}; "
+    f"best test NLL {spread(field('best_test_nll'))}"
+  )
+  print(
+    f"final epoch: LOO NLL {spread(final('loo_nll'))}, test NLL {spread(final('test_nll'))}, "
+    f"train NLL {spread(final('train_nll'))}; LOO error {spread(final('loo_error'))}, "
+    f"test error {spread(final('test_error'))}"
+  )
   summary = {
-    "output": args.out,
-    "correlation_nll": correlation(log.loo_nll, log.test_nll),
-    "correlation_error": correlation(log.loo_error, log.test_error),
-    "picked_epoch": picked + 1,
-    "picked_test_nll": float(log.test_nll[picked]),
-    "best_epoch": best + 1,
-    "best_test_nll": float(log.test_nll[best]),
-    "final": {name: float(values[-1]) for name, values in log._asdict().items()},
+    "args": vars(args),
+    "seeds": per_seed,
+    "plot": os.path.join(args.out, "loo_validation.png"),
   }
-  print(
-    f"corr(LOO NLL, test NLL) over {args.epochs} epochs: {summary['correlation_nll']:.3f}; "
-    f"corr(LOO error, test error): {summary['correlation_error']:.3f}"
-  )
-  print(
-    f"early stopping on the LOO estimate: epoch {picked + 1}, test NLL "
-    f"{log.test_nll[picked]:.4f}; best test NLL {log.test_nll[best]:.4f} at epoch {best + 1}"
-  )
-  print(
-    f"final epoch: LOO NLL {log.loo_nll[-1]:.4f}, test NLL {log.test_nll[-1]:.4f}, "
-    f"train NLL {log.train_nll[-1]:.4f}; LOO error {log.loo_error[-1]:.4f}, test error "
-    f"{log.test_error[-1]:.4f}"
-  )
-  print(f"saved {args.out}")
-
   if args.pitfall_epochs > 0:
     rows = []
     settings = [(0.01, 0.99999), (0.1, 0.99999), (1.0, 0.99999), (args.hess_init, args.beta2)]
     for hess_init, beta2 in settings:
-      run_log = run(args, hess_init=hess_init, beta2=beta2, num_epochs=args.pitfall_epochs)
-      rows.append(
-        {
-          "hess_init": hess_init,
-          "beta2": beta2,
-          "loo_nll": float(run_log.loo_nll[-1]),
-          "test_nll": float(run_log.test_nll[-1]),
-          "train_nll": float(run_log.train_nll[-1]),
-        }
-      )
+      logs = [
+        run(
+          args,
+          seed,
+          hess_init=hess_init,
+          beta2=beta2,
+          num_epochs=args.pitfall_epochs,
+          every_epoch=False,
+        )
+        for seed in args.seeds
+      ]
+      row = {"hess_init": hess_init, "beta2": beta2}
+      for key in ("loo_nll", "test_nll", "train_nll"):
+        row[key] = [float(log[key][-1]) for log in logs]
+      rows.append(row)
     summary["pitfall"] = rows
-    print(f"\nhess_init pitfall, after {args.pitfall_epochs} epochs:\n")
-    print("| hess_init | beta2 | LOO NLL | test NLL | train NLL |")
-    print("|---|---|---|---|---|")
+    print(f"\nhess_init pitfall, after {args.pitfall_epochs} epochs ({len(args.seeds)} seeds):\n")
+    print("| hess_init | beta2 | LOO NLL | test NLL | train NLL |\n|---|---|---|---|---|")
     for row in rows:
       print(
-        f"| {row['hess_init']:g} | {row['beta2']:g} | {row['loo_nll']:.3f} | "
-        f"{row['test_nll']:.3f} | {row['train_nll']:.3f} |"
+        f"| {row['hess_init']:g} | {row['beta2']:g} | {spread(row['loo_nll'])} | "
+        f"{spread(row['test_nll'])} | {spread(row['train_nll'])} |"
       )
+  with open(os.path.join(args.out, "loo_validation.json"), "w") as file:
+    json.dump(summary, file, indent=1)
+  print(f"saved {summary['plot']}")
   return summary
 
 

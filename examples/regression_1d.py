@@ -21,18 +21,15 @@ the data, where tanh units saturate.
 
 import argparse
 import dataclasses
+import json
 import os
-import sys
 from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import models
 import numpy as np
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import common
 
 import ivon_optax
 
@@ -101,17 +98,16 @@ def region_masks(x: np.ndarray) -> dict:
 
 # beta2 = 0.999: h must adapt within the run's few thousand steps (the
 # default 0.99999 would keep it near h0); the paper's UCI runs use 0.999 too.
-IVON_CONFIG = common.OptimizerConfig(
-  "ivon", learning_rate=0.1, weight_decay=1e-3, hess_init=0.3, beta2=0.999
+IVON_CONFIG = models.OptimizerConfig(
+  "ivon", learning_rate=0.1, weight_decay=1e-3, batch_size=32, hess_init=0.3, beta2=0.999
 )
-ADAMW_CONFIG = common.OptimizerConfig("adamw", learning_rate=3e-3, weight_decay=1e-4)
+ADAMW_CONFIG = models.OptimizerConfig("adamw", learning_rate=3e-3, weight_decay=1e-4, batch_size=32)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--epochs", type=int, default=150)
   parser.add_argument("--num-points", type=int, default=1000)
-  parser.add_argument("--batch-size", type=int, default=32)
   parser.add_argument("--hidden", type=int, nargs="+", default=[64, 64])
   parser.add_argument("--samples", type=int, default=64)
   parser.add_argument(
@@ -120,7 +116,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     default=IVON_CONFIG.beta2,
     help="IVON's Hessian decay; lower it for short runs so that h adapts",
   )
-  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
   parser.add_argument("--out", default="outputs")
   parser.add_argument("--no-progress", action="store_true")
   return parser.parse_args(argv)
@@ -128,48 +124,62 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
   args = parse_args(argv)
-  x_train, y_train = make_data(args.num_points, seed=args.seed)
+  # One data set; the seeds vary the initialization, the batches and IVON's samples.
+  x_train, y_train = make_data(args.num_points)
   model = MeanAndNoiseMLP(tuple(args.hidden))
   fits = {
-    config.name: common.train(
+    config.name: models.train(
       model,
       config,
       x_train,
       y_train,
+      seeds=args.seeds,
       epochs=args.epochs,
-      batch_size=args.batch_size,
-      seed=args.seed,
       loss_fn=gaussian_nll,
       progress=not args.no_progress,
-    ).state
+    )
     for config in (dataclasses.replace(IVON_CONFIG, beta2=args.beta2), ADAMW_CONFIG)
   }
 
   x_grid = np.linspace(-4.0, 4.0, 401, dtype=np.float32)
-  outputs = common.predict_samples(
-    fits["ivon"], jax.random.key(args.seed), x_grid[:, None], args.samples
+  keys = jax.random.split(jax.random.key(0), len(args.seeds))
+  ivon = fits["ivon"]
+  outputs = models.predict_samples(
+    model, ivon.params, ivon.opt_state, keys, x_grid[:, None], num_samples=args.samples
   )
-  moments = ivon_optax.predict.predictive_moments(outputs[..., 0], outputs[..., 1])
-  std = np.sqrt(np.asarray(moments.variance))
+  moments = jax.vmap(ivon_optax.predict.predictive_moments, in_axes=(0, 0))(
+    outputs[..., 0], outputs[..., 1]
+  )
+  std = np.sqrt(np.asarray(moments.variance))  # (seeds, grid)
   epistemic_std = np.sqrt(np.asarray(moments.epistemic))
-  deterministic = np.asarray(common.predict_at_mean(fits["adamw"], x_grid[:, None])[..., 0])
+  noise_std = np.sqrt(np.asarray(moments.aleatoric)).mean(axis=1)
+  deterministic = np.asarray(models.predict_at_mean(model, fits["adamw"].params, x_grid[:, None]))
 
   masks = region_masks(x_grid)
   summary = {
-    region: {"std": float(std[mask].mean()), "epistemic_std": float(epistemic_std[mask].mean())}
+    region: {
+      "std": std[:, mask].mean(1).tolist(),
+      "epistemic_std": epistemic_std[:, mask].mean(1).tolist(),
+    }
     for region, mask in masks.items()
   }
-  summary["noise_std"] = float(np.sqrt(np.asarray(moments.aleatoric)).mean())
-  print(f"learned noise std {summary['noise_std']:.3f} (true {NOISE_STD})")
+  summary["noise_std"] = noise_std.tolist()
+  spread = lambda values: f"{np.mean(values):.3f} ± {np.std(values):.3f}"
+  print(f"{len(args.seeds)} seeds; learned noise std {spread(noise_std)} (true {NOISE_STD})")
   print("| region | predictive std | epistemic std |\n|---|---|---|")
   for region in masks:
-    print(f"| {region} | {summary[region]['std']:.3f} | {summary[region]['epistemic_std']:.3f} |")
+    print(
+      f"| {region} | {spread(summary[region]['std'])} | "
+      f"{spread(summary[region]['epistemic_std'])} |"
+    )
 
   os.makedirs(args.out, exist_ok=True)
   path = os.path.join(args.out, "regression_1d.png")
-  plot(x_train, y_train, x_grid, np.asarray(moments.mean), std, deterministic, path)
-  print(f"Plot: {path}")
+  plot(x_train, y_train, x_grid, np.asarray(moments.mean)[0], std[0], deterministic[0, :, 0], path)
+  print(f"Plot (seed {args.seeds[0]}): {path}")
   summary["plot"] = path
+  with open(os.path.join(args.out, "regression_1d.json"), "w") as file:
+    json.dump({"args": vars(args), **summary}, file, indent=1)
   return summary
 
 

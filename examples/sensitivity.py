@@ -6,37 +6,40 @@ example's predicted probabilities if it were left out), and saves a grid of
 the most and the least influential digits. It also compares the Jacobian
 variances with the sampled ones (``ivon_optax.sensitivity.sampled_prediction_variance``).
 
-Run from the repository root:
+The numbers are mean ± std over ``--seeds`` (each its own data split and
+training run); the grid shows the first seed.
 
-  PYTHONPATH=. python examples/sensitivity.py --out sensitivity_digits.png
+  python examples/sensitivity.py
 """
 
 import argparse
+import json
+import os
 
+import data
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import models
 import numpy as np
 from scipy.stats import spearmanr
 
 import ivon_optax
 
-try:
-  from examples import variance_common as common
-except ImportError:  # run as a script: python examples/sensitivity.py
-  import variance_common as common
+IMAGE_SHAPE = (8, 8)
 
 
 def parse_args(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--num-train", type=int, default=1000)
-  parser.add_argument("--steps", type=int, default=3000, help="IVON steps (batch 64)")
+  parser.add_argument("--epochs", type=int, default=200, help="IVON epochs (batch 64)")
   parser.add_argument("--hidden", type=int, default=32)
   parser.add_argument("--show", type=int, default=16, help="digits per group in the grid")
   parser.add_argument(
     "--mc-samples", type=int, default=64, help="weight samples for the sampled-variance comparison"
   )
-  parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--out", default="sensitivity_digits.png")
+  parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+  parser.add_argument("--out", default="outputs")
   return parser.parse_args(argv)
 
 
@@ -56,14 +59,14 @@ def plot_grid(path, split, probs, scores, top, bottom):
     squeeze=False,
   )
   row = 0
-  for (title, indices), num_rows in zip(groups, rows_per_group):
+  for (title, indices), num_rows in zip(groups, rows_per_group, strict=True):
     for slot in range(num_rows * columns):
       ax = axes[row + slot // columns, slot % columns]
       ax.axis("off")
       if slot >= len(indices):
         continue
       i = indices[slot]
-      ax.imshow(split.inputs[i].reshape(common.IMAGE_SHAPE), cmap="gray_r")
+      ax.imshow(split.inputs[i].reshape(IMAGE_SHAPE), cmap="gray_r")
       ax.set_title(
         f"y={split.labels[i]} p={probs[i, split.labels[i]]:.2f}\ns={scores[i]:.1e}", fontsize=7
       )
@@ -88,44 +91,39 @@ def plot_grid(path, split, probs, scores, top, bottom):
   plt.close(fig)
 
 
-def main(argv=None) -> dict:
-  args = parse_args(argv)
-  train, test = common.load_digits_splits([args.num_train, 500], seed=args.seed)
-  params = common.init_mlp(jax.random.key(args.seed), [64, args.hidden, common.NUM_CLASSES])
-  tx = ivon_optax.ivon(
-    0.2, ess=float(args.num_train), hess_init=0.1, beta2=0.999, weight_decay=1e-3
+def score_seed(args, seed: int, show: bool) -> dict:
+  """Trains on one split of the digits, scores its training examples; plots if ``show``."""
+  dataset = data.digits(num_train=args.num_train, num_test=500, seed=seed)
+  train = dataset.train
+  model = models.MLP((args.hidden,), activation=nn.tanh)
+  apply = lambda params, inputs: model.apply({"params": params}, inputs)
+  config = models.OptimizerConfig(
+    "ivon", 0.2, 1e-3, batch_size=64, hess_init=0.1, beta2=0.999, schedule="constant"
   )
-  params, state = common.train_ivon(
-    jax.random.key(args.seed + 1), tx, params, train, num_steps=args.steps, batch_size=64
+  runs = models.train(
+    model, config, train.inputs, train.labels, seeds=[seed], epochs=args.epochs, progress=False
   )
+  params, state = models.select(runs.params, 0), models.select(runs.opt_state, 0)
   inputs, labels = jnp.asarray(train.inputs), jnp.asarray(train.labels)
   sensitivity = ivon_optax.sensitivity.classification_sensitivity(
-    common.mlp_apply, state, params, inputs, labels
+    apply, state, params, inputs, labels
   )
   scores = np.asarray(sensitivity.score)
   probs = np.asarray(jax.nn.softmax(sensitivity.outputs, axis=-1))
   order = np.argsort(-scores)
   top, bottom = order[: args.show], order[-args.show :][::-1]
-
   sampled_variance = ivon_optax.sensitivity.sampled_prediction_variance(
-    jax.random.key(args.seed + 2),
-    common.mlp_apply,
-    state,
-    params,
-    inputs,
-    num_samples=args.mc_samples,
+    jax.random.key(seed + 2), apply, state, params, inputs, num_samples=args.mc_samples
   )
   sampled = ivon_optax.sensitivity.softmax_sensitivity(
     sensitivity.outputs, labels, sampled_variance
   )
-  rank_agreement = float(spearmanr(scores, np.asarray(sampled.score)).statistic)
-  variance_ratio = float(np.median(np.asarray(sampled_variance) / np.asarray(sensitivity.variance)))
-
   misclassified = np.argmax(probs, -1) != train.labels
-  plot_grid(args.out, train, probs, scores, top, bottom)
-  summary = {
-    "output": args.out,
-    "test_accuracy": float(common.accuracy(params, test.inputs, test.labels)),
+  test_logits = apply(params, dataset.test.inputs)
+  if show:
+    plot_grid(os.path.join(args.out, "sensitivity_digits.png"), train, probs, scores, top, bottom)
+  return {
+    "test_accuracy": float(np.mean(np.argmax(test_logits, -1) == dataset.test.labels)),
     "top": top.tolist(),
     "bottom": bottom.tolist(),
     "score_quantiles": np.quantile(scores, [0.0, 0.5, 0.9, 0.99, 1.0]).tolist(),
@@ -133,24 +131,39 @@ def main(argv=None) -> dict:
     "misclassified_total": int(misclassified.sum()),
     "mean_p_label_top": float(probs[top, train.labels[top]].mean()),
     "mean_p_label_bottom": float(probs[bottom, train.labels[bottom]].mean()),
-    "spearman_jacobian_vs_sampled": rank_agreement,
-    "median_sampled_over_jacobian_variance": variance_ratio,
+    "spearman_jacobian_vs_sampled": float(spearmanr(scores, np.asarray(sampled.score)).statistic),
+    "median_sampled_over_jacobian_variance": float(
+      np.median(np.asarray(sampled_variance) / np.asarray(sensitivity.variance))
+    ),
   }
-  print(
-    f"test accuracy {summary['test_accuracy']:.3f}; scores: min/median/90%/99%/max = "
-    + " / ".join(f"{q:.2e}" for q in summary["score_quantiles"])
+
+
+def main(argv=None) -> dict:
+  args = parse_args(argv)
+  os.makedirs(args.out, exist_ok=True)
+  per_seed = [score_seed(args, seed, show=i == 0) for i, seed in enumerate(args.seeds)]
+  spread = lambda key: (
+    f"{np.mean([r[key] for r in per_seed]):.3f} ± {np.std([r[key] for r in per_seed]):.3f}"
   )
+  print(f"{len(args.seeds)} seeds (mean ± std); test accuracy {spread('test_accuracy')}")
   print(
-    f"top {args.show}: {summary['misclassified_in_top']} misclassified "
-    f"(of {summary['misclassified_total']} in the training set), mean p(y) "
-    f"{summary['mean_p_label_top']:.3f}; bottom {args.show}: mean p(y) "
-    f"{summary['mean_p_label_bottom']:.3f}"
+    f"top {args.show} by score: {spread('misclassified_in_top')} misclassified "
+    f"(of {spread('misclassified_total')} in the training set), mean p(y) "
+    f"{spread('mean_p_label_top')}; bottom {args.show}: mean p(y) {spread('mean_p_label_bottom')}"
   )
   print(
     f"Jacobian vs sampled ({args.mc_samples} samples) variance: Spearman of scores "
-    f"{rank_agreement:.3f}, median variance ratio sampled/Jacobian {variance_ratio:.2f}"
+    f"{spread('spearman_jacobian_vs_sampled')}, median variance ratio sampled/Jacobian "
+    f"{spread('median_sampled_over_jacobian_variance')}"
   )
-  print(f"saved {args.out}")
+  summary = {
+    "args": vars(args),
+    "seeds": per_seed,
+    "grid": os.path.join(args.out, "sensitivity_digits.png"),
+  }
+  with open(os.path.join(args.out, "sensitivity.json"), "w") as file:
+    json.dump(summary, file, indent=1)
+  print(f"saved {summary['grid']}")
   return summary
 
 

@@ -1,140 +1,221 @@
-"""The hyperparameter sweep behind ``train_classifier.py``'s defaults.
+"""The hyperparameter sweep behind ``train_classifier.py``'s configurations.
 
-Each optimizer gets a small grid, following the IVON paper's guide for IVON
-(learning rate above SGD's, h0 in 0.01..1, ess = training-set size, beta2
-near 1) and common practice for SGD and AdamW. Every configuration trains on
-80% of the training set and is scored on the other 20% (the test set is not
-touched). The winner per optimizer has the lowest validation negative
-log-likelihood (of IVON's 64-sample Bayesian average for IVON): a proper
-scoring rule, rewarding accuracy and calibration alike, applied to all three.
+The same procedure for SGD, AdamW and IVON, on a validation split carved from
+the training set (the test set is never touched), 5 seeds per configuration:
 
-    python examples/sweep_classifier.py --dataset mnist1d --epochs 60
+1. A coarse grid: learning rates a factor 2 apart, crossed with a few values
+   of the other hyperparameters (``STAGE1``).
+2. A refinement around the best eligible stage-1 configuration: each change
+   of ``REFINE`` (batch size, weight decay, IVON's h0), at the best learning
+   rate and at half and twice it.
+
+A configuration is scored by its mean validation NLL over seeds (for IVON, of
+the Bayesian model average of ``--samples`` posterior samples). The stability
+rule: a configuration is *eligible* only if its neighbours at half and at
+twice its learning rate (all else equal) were run, every seed of both trained
+to a finite loss, and each neighbour's mean validation NLL is at most
+``--margin`` nats above its own. The chosen configuration is the eligible one
+with the lowest mean validation NLL. Runs vmap over seeds and configurations.
+
+    python examples/sweep_classifier.py --dataset mnist1d
 """
 
 import argparse
+import dataclasses
 import itertools
 import json
 import os
-import sys
 import time
 
+import data
 import jax
+import models
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import common
-
-import ivon_optax
-
-# label: (optimizer, grid). IVON with 4 Monte-Carlo samples per step costs 4
-# gradient evaluations per step and is tuned and reported separately.
-GRIDS = {
-  "sgd": ("sgd", {"learning_rate": [0.1, 0.3, 1.0], "weight_decay": [1e-4, 5e-4, 1e-3, 5e-3]}),
-  "adamw": (
-    "adamw",
-    {"learning_rate": [3e-3, 1e-2, 3e-2, 1e-1], "weight_decay": [1e-2, 1e-1, 0.5, 2.0]},
-  ),
-  "ivon": (
-    "ivon",
-    {
-      "learning_rate": [1.0, 2.0, 4.0, 8.0],
-      "hess_init": [0.1, 0.3, 1.0],
-      "beta2": [0.999, 0.99999],
-      "weight_decay": [1e-4, 1e-3, 3e-3],
-    },
-  ),
-  "ivon-4mc": (
-    "ivon",
-    {
-      "learning_rate": [2.0, 4.0, 8.0],
-      "hess_init": [0.1, 0.3, 1.0],
-      "beta2": [0.999, 0.99999],
-      "weight_decay": [1e-3],
-      "train_samples": [4],
-    },
-  ),
+LEARNING_RATES = {
+  "sgd": [0.025, 0.05, 0.1, 0.2, 0.4, 0.8],
+  "adamw": [0.00125, 0.0025, 0.005, 0.01, 0.02, 0.04],
+  "ivon": [0.0625, 0.125, 0.25, 0.5, 1.0, 2.0, 4.0],
+}
+# Stage 1: the other hyperparameters crossed with the learning rates.
+STAGE1 = {
+  "sgd": {"weight_decay": [1e-4, 1e-3]},
+  "adamw": {"weight_decay": [0.05, 0.5]},
+  "ivon": {"beta2": [0.999, 0.99999], "hess_init": [0.1], "weight_decay": [1e-3]},
+}
+# Stage 2: one change at a time to the stage-1 winner.
+REFINE = {
+  "sgd": [{"batch_size": 32}, {"weight_decay": 1e-2}],
+  "adamw": [{"batch_size": 32}, {"weight_decay": 0.005}],
+  "ivon": [
+    {"batch_size": 32},
+    {"hess_init": 0.01},
+    {"hess_init": 0.3},
+    {"weight_decay": 1e-4},
+    {"weight_decay": 1e-2},
+  ],
 }
 
 
-def configs(name: str, grid: dict):
-  keys = list(grid)
-  for values in itertools.product(*(grid[key] for key in keys)):
-    yield common.OptimizerConfig(name, **dict(zip(keys, values, strict=True)))
-
-
-def evaluate(model, config, data, args, seed) -> dict:
-  result = common.train(
-    model,
-    config,
-    data.x_train,
-    data.y_train,
-    epochs=args.epochs,
-    batch_size=args.batch_size,
-    seed=seed,
-    progress=False,
+def parse_args(argv=None) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--dataset", choices=("mnist1d", "digits"), default="mnist1d")
+  parser.add_argument(
+    "--optimizers", nargs="+", choices=models.OPTIMIZERS, default=["sgd", "adamw", "ivon"]
   )
-  if config.name == "ivon":
-    logits = common.predict_samples(result.state, jax.random.key(seed), data.x_test, args.samples)
-    log_probs = ivon_optax.predict.predictive_log_probs(logits)
-  else:
-    log_probs = jax.nn.log_softmax(common.predict_at_mean(result.state, data.x_test))
-  return common.classification_metrics(log_probs, data.y_test)
+  parser.add_argument("--epochs", type=int, default=40)
+  parser.add_argument("--hidden", type=int, nargs="+", default=[256, 256])
+  parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+  parser.add_argument("--num-val", type=int, default=None, help="default: a fifth of the pool")
+  parser.add_argument("--samples", type=int, default=64, help="IVON's posterior samples")
+  parser.add_argument("--margin", type=float, default=0.1, help="the stability rule's NLL margin")
+  parser.add_argument("--top", type=int, default=5, help="rows per optimizer in the printed table")
+  parser.add_argument("--out", default="outputs")
+  parser.add_argument("--no-progress", action="store_true")
+  return parser.parse_args(argv)
+
+
+def grid(name: str, learning_rates, settings: dict) -> list:
+  keys = list(settings)
+  return [
+    models.OptimizerConfig(name, learning_rate=lr, **dict(zip(keys, values, strict=True)))
+    for values in itertools.product(*settings.values())
+    for lr in learning_rates
+  ]
+
+
+def evaluate(model, configs, split: data.Dataset, args) -> list:
+  """Trains every config on every seed (grouped by batch size); returns one row per config."""
+  rows = []
+  by_batch = itertools.groupby(sorted(configs, key=lambda c: c.batch_size), lambda c: c.batch_size)
+  for _, group in by_batch:
+    group = list(group)
+    run_configs = [c for c in group for _ in args.seeds]
+    seeds = [s for _ in group for s in args.seeds]
+    runs = models.train(
+      model,
+      run_configs,
+      split.train.inputs,
+      split.train.labels,
+      seeds=seeds,
+      epochs=args.epochs,
+      progress=not args.no_progress,
+    )
+    if group[0].name == "ivon":
+      log_probs = models.bayes_log_probs(model, runs, seeds, split.val.inputs, args.samples)
+    else:
+      log_probs = jax.nn.log_softmax(models.predict_at_mean(model, runs.params, split.val.inputs))
+    scores = models.classification_metrics(log_probs, split.val.labels)
+    finite = np.isfinite(runs.losses).all(axis=1) & np.isfinite(scores["nll"])
+    for index, config in enumerate(group):
+      seeds_of = slice(index * len(args.seeds), (index + 1) * len(args.seeds))
+      row = {"config": config, "finite": bool(finite[seeds_of].all())}
+      for metric, values in scores.items():
+        row[metric] = float(np.mean(values[seeds_of]))
+        row[metric + "_std"] = float(np.std(values[seeds_of]))
+      rows.append(row)
+  return rows
+
+
+def mark_eligible(rows: list, margin: float) -> None:
+  """The stability rule: both learning-rate neighbours trained and stayed within ``margin``."""
+  by_config = {row["config"]: row for row in rows}
+  for row in rows:
+    config = row["config"]
+    neighbours = [
+      by_config.get(dataclasses.replace(config, learning_rate=config.learning_rate * factor))
+      for factor in (0.5, 2.0)
+    ]
+    row["eligible"] = (
+      row["finite"]
+      and all(n is not None and n["finite"] for n in neighbours)
+      and all(n["nll"] <= row["nll"] + margin for n in neighbours)
+    )
+
+
+def best(rows: list) -> dict:
+  eligible = [row for row in rows if row["eligible"]] or [r for r in rows if r["finite"]]
+  return min(eligible, key=lambda row: row["nll"])
+
+
+def sweep(name: str, model, split, args) -> list:
+  stage1 = grid(name, LEARNING_RATES[name], STAGE1[name])
+  rows = evaluate(model, stage1, split, args)
+  mark_eligible(rows, args.margin)
+  winner = best(rows)["config"]
+  seen = {row["config"] for row in rows}
+  stage2 = []
+  for change in REFINE[name]:
+    for factor in (0.5, 1.0, 2.0):
+      config = dataclasses.replace(winner, learning_rate=winner.learning_rate * factor, **change)
+      if config not in seen and config not in stage2:
+        stage2.append(config)
+  rows += evaluate(model, stage2, split, args)
+  mark_eligible(rows, args.margin)
+  return rows
+
+
+def table(rows_by_name: dict, top: int) -> str:
+  lines = [
+    "| optimizer | hyperparameters | stable | val. NLL | val. accuracy | val. ECE |",
+    "|---" * 6 + "|",
+  ]
+  for name, rows in rows_by_name.items():
+    chosen = best(rows)
+    ranked = sorted(rows, key=lambda row: (not row["eligible"], row["nll"]))[:top]
+    for row in ranked:
+      mark = " **(chosen)**" if row is chosen else ""
+      lines.append(
+        f"| {name} | {row['config'].describe()}{mark} | {'yes' if row['eligible'] else 'no'} | "
+        f"{row['nll']:.3f} ± {row['nll_std']:.3f} | {row['accuracy']:.3f} ± "
+        f"{row['accuracy_std']:.3f} | {row['ece']:.3f} ± {row['ece_std']:.3f} |"
+      )
+  return "\n".join(lines)
 
 
 def main(argv=None) -> dict:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--dataset", choices=("digits", "mnist1d"), default="mnist1d")
-  parser.add_argument("--epochs", type=int, default=60)
-  parser.add_argument("--batch-size", type=int, default=128)
-  parser.add_argument("--hidden", type=int, nargs="+", default=[256, 256])
-  parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-  parser.add_argument("--samples", type=int, default=64)
-  parser.add_argument(
-    "--grids", nargs="+", choices=list(GRIDS), default=list(GRIDS), help="which of the grids to run"
+  args = parse_args(argv)
+  full = data.load(args.dataset)
+  pool = len(full.train.labels)
+  num_val = pool // 5 if args.num_val is None else args.num_val
+  split = data.load(args.dataset, num_train=pool - num_val, num_val=num_val)
+  print(
+    f"{args.dataset}: {len(split.train.labels)} train / {len(split.val.labels)} validation "
+    f"(from the training pool), {len(args.seeds)} seeds, {args.epochs} epochs"
   )
-  parser.add_argument("--out", default="outputs")
-  args = parser.parse_args(argv)
-
-  data = common.validation_split(common.load_dataset(args.dataset))
-  print(f"{data.name}: {len(data.y_train)} train / {len(data.y_test)} validation examples")
-  model = common.MLP(tuple(args.hidden), data.num_classes)
-  rows, best = [], {}
-  for label in args.grids:
-    name, grid = GRIDS[label]
-    for config in configs(name, grid):
-      start = time.perf_counter()
-      runs = [evaluate(model, config, data, args, seed) for seed in args.seeds]
-      scores = {metric: float(np.mean([run[metric] for run in runs])) for metric in runs[0]}
-      rows.append({"optimizer": label, "config": common.describe(config), **scores})
-      print(
-        f"{label:>8} | {common.describe(config):<64} | acc {scores['accuracy']:.3f} "
-        f"nll {scores['nll']:.3f} ece {scores['ece']:.3f} "
-        f"({time.perf_counter() - start:.0f} s)",
-        flush=True,
-      )
-      rank = (-scores["nll"], scores["accuracy"])
-      if label not in best or rank > best[label][0]:
-        best[label] = (rank, rows[-1])
-
-  lines = [
-    "| optimizer | hyperparameters | val. accuracy | val. NLL | val. ECE |",
-    "|---" * 5 + "|",
-  ]
-  for row in rows:
-    chosen = " **(chosen)**" if best[row["optimizer"]][1] is row else ""
-    lines.append(
-      f"| {row['optimizer']} | {row['config']}{chosen} | {row['accuracy']:.3f} | "
-      f"{row['nll']:.3f} | {row['ece']:.3f} |"
+  model = models.MLP(tuple(args.hidden), split.num_classes)
+  start = time.perf_counter()
+  rows_by_name = {}
+  for name in args.optimizers:
+    rows_by_name[name] = sweep(name, model, split, args)
+    chosen = best(rows_by_name[name])
+    print(
+      f"{name}: {len(rows_by_name[name])} configs, chosen {chosen['config'].describe()} "
+      f"(val. NLL {chosen['nll']:.3f} ± {chosen['nll_std']:.3f}) "
+      f"[{time.perf_counter() - start:.0f} s]",
+      flush=True,
     )
-  table = "\n".join(lines)
-  print("\n" + table)
+  markdown = table(rows_by_name, args.top)
+  print("\n" + markdown)
+  seconds = time.perf_counter() - start
+  print(f"\n({seconds:.0f} s)")
   os.makedirs(args.out, exist_ok=True)
   with open(os.path.join(args.out, f"sweep_{args.dataset}.md"), "w") as file:
-    file.write(table + "\n")
+    file.write(markdown + "\n")
+  result = {
+    "args": vars(args),
+    "seconds": seconds,
+    "chosen": {
+      name: dataclasses.asdict(best(rows)["config"]) for name, rows in rows_by_name.items()
+    },
+    "rows": {
+      name: [{**row, "config": dataclasses.asdict(row["config"])} for row in rows]
+      for name, rows in rows_by_name.items()
+    },
+  }
   with open(os.path.join(args.out, f"sweep_{args.dataset}.json"), "w") as file:
-    json.dump({"args": vars(args), "rows": rows}, file, indent=1)
-  return {label: row for label, (_, row) in best.items()}
+    json.dump(result, file, indent=1)
+  return result
 
 
 if __name__ == "__main__":
