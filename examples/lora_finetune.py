@@ -392,7 +392,7 @@ def main(argv=None) -> dict:
     print(f"{label}: chosen {chosen[label]} ({time.time() - start:.0f} s)")
 
   print(f"Test on the shifted task, mean ± std over {len(args.seeds)} seeds:")
-  print(f"| method | accuracy ↑ | NLL ↓ | ECE ↓ |\n|---|---|---|---|")
+  print("| method | accuracy ↑ | NLL ↓ | ECE ↓ |\n|---|---|---|---|")
   for label, values in results.items():
     print(
       f"| {label} | " + " | ".join(summary(values[m]) for m in ("accuracy", "nll", "ece")) + " |"
