@@ -27,6 +27,10 @@ other variable (BatchNorm statistics, RNG counts) with ``model``::
     sampled_model, noise = ivon_optax.flax.sample_nnx_model(key, optimizer, model)
     grads = nnx.grad(loss_fn)(sampled_model, x, y)  # BatchNorm stats update in `model`
     optimizer.update(model, grads, noise=noise)     # the step moves the mean
+
+The NNX helpers sample exactly the variables ``optimizer.wrt`` selects: with
+``nnx.Optimizer(model, tx, wrt=nnx.LoRAParam)`` only LoRA adapters are trained
+and perturbed, and the base weights stay bitwise as they were.
 """
 
 from collections.abc import Callable
