@@ -112,17 +112,10 @@ def posterior_std(state: optax.OptState, params: optax.Params) -> optax.Params:
     >>> ivon_optax.posterior_std(state, params)["w"]
     Array([0.5, 0.5], dtype=float32)
   """
-  ivon_state = _aligned_state(state, params)
+  # Unmanaged leaves have precision 0 and get 0; a NaN precision stays NaN.
   return jax.tree.map(
-    lambda h, d, p: (
-      jnp.zeros(jnp.shape(p), jnp.float32)
-      if _trees.is_masked(h)
-      else jax.lax.rsqrt(_precision(ivon_state, h, d))
-    ),
-    ivon_state.hess,
-    ivon_state.weight_decay,
-    params,
-    is_leaf=_trees.is_masked,
+    lambda precision: jnp.where(precision == 0, 0.0, jax.lax.rsqrt(precision)),
+    posterior_precision(state, params),
   )
 
 
