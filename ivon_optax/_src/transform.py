@@ -25,9 +25,11 @@ import jax.numpy as jnp
 import optax
 
 from ivon_optax._src import checks
+from ivon_optax._src import prior as _prior
 from ivon_optax._src import trees as _trees
 from ivon_optax._src.checks import HessApprox
 from ivon_optax._src.checks import check_hess_approx
+from ivon_optax._src.prior import GaussianPrior
 from ivon_optax._src.sample_average import SampleAverage
 
 WeightDecayMask = Any | Callable[[optax.Params], Any] | None
@@ -41,6 +43,9 @@ class IVONState(NamedTuple):
   hess: optax.Updates  # like params, state dtype: Hessian estimate h.
   ess: chex.Array  # shape=(), state dtype: effective sample size lambda.
   weight_decay: optax.Updates  # one scalar per param leaf: delta (0 if masked).
+  # With a prior: like params, state dtype: the prior mean mu_0; () without one.
+  # (delta above is then the prior's precision, per leaf or per element.)
+  prior_mean: optax.Updates = ()
 
 
 # --- The update's formulas, one per line of Algorithm 1 ------------------------
@@ -79,9 +84,13 @@ def new_hess(hess, hess_estimate, beta2, weight_decay):
   )
 
 
-def preconditioned_step(momentum_hat, param, hess, weight_decay, clip_radius):
-  r"""The mean's step before the learning rate: :math:`\mathrm{clip}((\hat g + \delta m) / (h + \delta), c)`."""
-  step = (momentum_hat + weight_decay * param) / (hess + weight_decay)
+def preconditioned_step(momentum_hat, param, hess, weight_decay, clip_radius, prior_mean=0.0):
+  r"""The mean's step before the learning rate.
+
+  :math:`\mathrm{clip}((\hat g + \delta (m - \mu_0)) / (h + \delta), c)`; without a
+  prior mean :math:`\mu_0 = 0`.
+  """
+  step = (momentum_hat + weight_decay * (param - prior_mean)) / (hess + weight_decay)
   return jnp.clip(step, -clip_radius, clip_radius)
 
 
@@ -140,6 +149,22 @@ def _leaf_weight_decay(weight_decay, mask: WeightDecayMask, params):
   )
 
 
+_DEFAULT_WEIGHT_DECAY = 1e-4  # weight_decay's default in scale_by_ivon and ivon.
+
+
+def _check_prior_without_weight_decay(weight_decay) -> None:
+  """Raises a ``ValueError`` if ``weight_decay`` was changed from its default next to a prior."""
+  if not _is_concrete(weight_decay):
+    return
+  value = jnp.asarray(weight_decay)
+  if bool(value != jnp.asarray(_DEFAULT_WEIGHT_DECAY, value.dtype)):
+    raise ValueError(
+      f"Pass either `prior` or `weight_decay`, not both (got weight_decay="
+      f"{float(value)!r}): the prior's precision is the weight decay. Use "
+      "GaussianPrior(mean, precision=weight_decay)."
+    )
+
+
 def _missing_sample_message(hess_approx: str) -> str:
   statistic = "noise_grads" if hess_approx == "price" else "grads_squared"
   return (
@@ -169,6 +194,7 @@ def scale_by_ivon(
   weight_decay_mask: WeightDecayMask = None,
   state_dtype: Any | None = None,
   axis_name: str | None = None,
+  prior: GaussianPrior | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""IVON's direction, everything but the learning rate.
 
@@ -183,11 +209,12 @@ def scale_by_ivon(
     h_t &= \beta_2 h_{t-1} + (1-\beta_2) \hat h_t
       + \tfrac12 (1-\beta_2)^2 (h_{t-1} - \hat h_t)^2 / (h_{t-1} + \delta) \\
     u_t &= (h_0 + \delta)\, \mathrm{clip}\!\left(
-      \frac{\bar g_t / (1 - \beta_1^t) + \delta m}{h_t + \delta}, -c, c\right)
+      \frac{\bar g_t / (1 - \beta_1^t) + \delta (m - \mu_0)}{h_t + \delta}, -c, c\right)
 
   The factor :math:`h_0 + \delta` is present when ``rescale_lr`` and the
   debiasing :math:`1 - \beta_1^t` when ``debias``. :func:`ivon` scales
-  :math:`u_t` by :math:`-\alpha_t`.
+  :math:`u_t` by :math:`-\alpha_t`. The prior is :math:`\mathcal{N}(\mu_0,
+  1/(\lambda \delta))`: :math:`\mu_0 = 0` unless ``prior`` says otherwise.
 
   Args:
     ess: effective sample size :math:`\lambda` (> 0); usually the training-set
@@ -212,6 +239,15 @@ def scale_by_ivon(
       averages of the gradient and of its Hessian statistic are averaged
       before the step, like the reference's ``sync=True``: with each device
       drawing its own noise, that is one Monte-Carlo sample per device.
+    prior: a :class:`ivon_optax.GaussianPrior` with mean :math:`\mu_0` and
+      precision :math:`\delta` (scalar, per leaf or per element), instead of
+      ``weight_decay`` (leave that at its default). ``weight_decay_mask``
+      still sets :math:`\delta = 0` on its ``False`` leaves. The state carries
+      :math:`\delta` and :math:`\mu_0` (one more param-sized buffer when the
+      mean is given, another when the precision is per element), so they are
+      arguments, not constants, of a jitted update; build the state with an
+      eager ``tx.init(params)``, as under ``jit`` they would be constants of
+      the init.
 
   Returns:
     A :class:`optax.GradientTransformationExtraArgs` whose ``update`` takes
@@ -227,12 +263,19 @@ def scale_by_ivon(
     weight_decay=weight_decay,
     clip_radius=clip_radius,
   )
+  if prior is not None:
+    _check_prior_without_weight_decay(weight_decay)
+  has_prior_mean = prior is not None and prior.mean is not None
 
   def dtype_of(param):
     return checks.state_dtype(param, state_dtype)
 
   def init_fn(params):
     leaf_decay = _leaf_weight_decay(weight_decay, weight_decay_mask, params)
+    prior_mean = ()
+    if prior is not None:
+      keep = _leaf_weight_decay(1.0, weight_decay_mask, params)
+      leaf_decay, prior_mean = _prior.prior_buffers(prior, keep, params, dtype_of)
     return IVONState(
       count=jnp.zeros([], jnp.int32),
       # `*_like` keeps each param's sharding: the buffers are laid out like the params.
@@ -240,6 +283,7 @@ def scale_by_ivon(
       hess=jax.tree.map(lambda p: jnp.full_like(p, hess_init, dtype_of(p)), params),
       ess=jnp.asarray(ess, jnp.promote_types(jnp.result_type(ess), jnp.float32)),
       weight_decay=jax.tree.map(lambda d, p: jnp.asarray(d, dtype_of(p)), leaf_decay, params),
+      prior_mean=prior_mean,
     )
 
   def update_fn(updates, state, params=None, *, noise=None, samples=None, **extra_args):
@@ -289,12 +333,15 @@ def scale_by_ivon(
       estimate = jax.tree.map(lambda gsq: gradsq_hess_estimate(gsq, ess), hess_input)
     hess = jax.tree.map(lambda h, e, d: new_hess(h, e, beta2, d), state.hess, estimate, decay)
     momentum_hat = _debiased(momentum, beta1, count) if debias else momentum
+    # Without a prior mean, mu_0 = 0 is a literal: no buffer in the state.
+    prior_mean = state.prior_mean if has_prior_mean else jax.tree.map(lambda _: 0.0, hess)
     direction = jax.tree.map(
-      lambda g, p, h, d: preconditioned_step(g, p.astype(h.dtype), h, d, clip_radius),
+      lambda g, p, h, d, mu: preconditioned_step(g, p.astype(h.dtype), h, d, clip_radius, mu),
       momentum_hat,
       params,
       hess,
       decay,
+      prior_mean,
     )
     if rescale_lr:
       direction = jax.tree.map(lambda u, d: (hess_init + d) * u, direction, decay)
@@ -304,11 +351,15 @@ def scale_by_ivon(
       momentum=momentum,
       hess=hess,
       ess=jnp.asarray(ess, state.ess.dtype),
-      weight_decay=jax.tree.map(
+      # A prior's delta stays as init set it: it is data, not a hyperparameter.
+      weight_decay=decay
+      if prior is not None
+      else jax.tree.map(
         lambda d, old: jnp.asarray(d, old.dtype),
         _leaf_weight_decay(weight_decay, weight_decay_mask, params),
         decay,
       ),
+      prior_mean=state.prior_mean,
     )
     return optax.tree.cast_like(direction, params), new_state
 
@@ -356,6 +407,7 @@ def ivon(
   weight_decay_mask: WeightDecayMask = None,
   state_dtype: Any | None = None,
   axis_name: str | None = None,
+  prior: GaussianPrior | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""The IVON optimizer: variational learning at the cost of Adam.
 
@@ -386,7 +438,7 @@ def ivon(
       ``rescale_lr`` (default) it is on SGD's scale; the paper uses 0.1 to 2.5
       for vision models.
     ess, hess_init, beta1, beta2, weight_decay, clip_radius, hess_approx,
-    debias, rescale_lr, weight_decay_mask, state_dtype, axis_name: see
+    debias, rescale_lr, weight_decay_mask, state_dtype, axis_name, prior: see
       :func:`scale_by_ivon`. Defaults are the reference ``ivon-opt``'s.
 
   Returns:
@@ -413,6 +465,7 @@ def ivon(
       weight_decay_mask=weight_decay_mask,
       state_dtype=state_dtype,
       axis_name=axis_name,
+      prior=prior,
     ),
     optax.scale_by_learning_rate(learning_rate),
   )
