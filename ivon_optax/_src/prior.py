@@ -103,6 +103,14 @@ def _precision_tree(precision, params):
   return treedef.unflatten(leaves)
 
 
+def check_prior_type(prior) -> None:
+  """Raises a ``TypeError`` unless ``prior`` is a :class:`GaussianPrior`."""
+  if not isinstance(prior, GaussianPrior):
+    raise TypeError(
+      f"`prior` must be an ivon_optax.GaussianPrior(mean, precision), got {type(prior).__name__}."
+    )
+
+
 def prior_buffers(prior: GaussianPrior, keep, params, dtype_of):
   r"""The state's ``(weight_decay, prior_mean)`` for ``prior``.
 
@@ -122,10 +130,7 @@ def prior_buffers(prior: GaussianPrior, keep, params, dtype_of):
     ValueError: if its trees are unlike ``params`` or the precision is
       negative or not finite.
   """
-  if not isinstance(prior, GaussianPrior):
-    raise TypeError(
-      f"`prior` must be an ivon_optax.GaussianPrior(mean, precision), got {type(prior).__name__}."
-    )
+  check_prior_type(prior)
   precision = _precision_tree(prior.precision, params)
   weight_decay = _trees.map_unmasked(
     lambda p, k, d: _nan_unless_valid(k * jnp.asarray(d, dtype_of(p))), params, keep, precision

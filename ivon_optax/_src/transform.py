@@ -22,6 +22,7 @@ from typing import NamedTuple
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from ivon_optax._src import checks
@@ -156,8 +157,8 @@ def _check_prior_without_weight_decay(weight_decay) -> None:
   """Raises a ``ValueError`` if ``weight_decay`` was changed from its default next to a prior."""
   if not _is_concrete(weight_decay):
     return
-  value = jnp.asarray(weight_decay)
-  if bool(value != jnp.asarray(_DEFAULT_WEIGHT_DECAY, value.dtype)):
+  value = np.asarray(weight_decay)  # concrete: numpy compares without tracing
+  if value != np.asarray(_DEFAULT_WEIGHT_DECAY, value.dtype):
     raise ValueError(
       f"Pass either `prior` or `weight_decay`, not both (got weight_decay="
       f"{float(value)!r}): the prior's precision is the weight decay. Use "
@@ -264,6 +265,7 @@ def scale_by_ivon(
     clip_radius=clip_radius,
   )
   if prior is not None:
+    _prior.check_prior_type(prior)
     _check_prior_without_weight_decay(weight_decay)
   has_prior_mean = prior is not None and prior.mean is not None
 
