@@ -182,6 +182,38 @@ def evaluate(key, params, opt_state, inputs, labels, *, num_samples, is_ivon):
 
 
 @functools.partial(jax.jit, static_argnames=("method", "config"))
+def train_seeds(keys, params, prior, inputs, labels, learning_rate, *, method, config):
+  """One task for a batch of seeds: ``(params, opt_state)``, batched like ``keys``.
+
+  ``prior`` is ``None`` or a batched :class:`ivon_optax.GaussianPrior`; one
+  compiled program serves every task and learning rate.
+  """
+  num_train = labels.shape[0]
+  steps = config.epochs * num_train // config.batch_size
+
+  def one_seed(key, params, prior):
+    tx = make_optimizer(method, learning_rate, config, num_train, steps, prior)
+    return train_task(
+      key,
+      tx,
+      params,
+      inputs,
+      labels,
+      steps=steps,
+      batch_size=config.batch_size,
+      is_ivon=method != "adamw-finetune",
+    )
+
+  return jax.vmap(one_seed)(keys, params, prior)
+
+
+@functools.partial(jax.jit, static_argnames=("num_samples", "is_ivon"))
+def evaluate_seeds(keys, params, opt_state, inputs, labels, *, num_samples, is_ivon):
+  """:func:`evaluate` for a batch of seeds."""
+  run = functools.partial(evaluate, num_samples=num_samples, is_ivon=is_ivon)
+  return jax.vmap(run, (0, 0, 0, None, None))(keys, params, opt_state, inputs, labels)
+
+
 def run_sequence(keys, tasks, learning_rate, *, method, config):
   """All tasks in turn, for a batch of seeds (``keys``).
 
@@ -191,50 +223,46 @@ def run_sequence(keys, tasks, learning_rate, *, method, config):
   """
   is_ivon = method != "adamw-finetune"
   num_train = tasks[0].y_train.shape[0]
-  steps = config.epochs * num_train // config.batch_size
-
-  def one_seed(key):
-    init_key, key = jax.random.split(key)
-    sizes = (tasks[0].x_train.shape[1], config.hidden, config.hidden, 10)
-    params = init_mlp(init_key, sizes)
-    prior = None
-    rows = {"val": [], "test": []}
-    for task in tasks:
-      train_key, eval_key, key = jax.random.split(key, 3)
-      tx = make_optimizer(method, learning_rate, config, num_train, steps, prior)
-      params, opt_state = train_task(
-        train_key,
-        tx,
-        params,
-        task.x_train,
-        task.y_train,
-        steps=steps,
-        batch_size=config.batch_size,
-        is_ivon=is_ivon,
+  sizes = (tasks[0].x_train.shape[1], config.hidden, config.hidden, 10)
+  keys = jax.vmap(lambda key: jax.random.split(key, 1 + 2 * len(tasks)))(keys)
+  params = jax.vmap(lambda key: init_mlp(key, sizes))(keys[:, 0])
+  prior = None
+  rows = {"val": [], "test": []}
+  for index, task in enumerate(tasks):
+    train_keys, eval_keys = keys[:, 1 + 2 * index], keys[:, 2 + 2 * index]
+    params, opt_state = train_seeds(
+      train_keys,
+      params,
+      prior,
+      task.x_train,
+      task.y_train,
+      learning_rate,
+      method=method,
+      config=config,
+    )
+    if method == "ivon-vcl":
+      prior = jax.vmap(ivon_optax.posterior_as_prior, (0, 0, None))(
+        opt_state, params, float(num_train)
       )
-      if method == "ivon-vcl":
-        prior = ivon_optax.posterior_as_prior(opt_state, params, float(num_train))
-      for split in rows:
-        rows[split].append(
-          [
-            evaluate(
-              eval_key,
-              params,
-              opt_state,
-              getattr(seen, f"x_{split}"),
-              getattr(seen, f"y_{split}"),
-              num_samples=config.eval_samples,
-              is_ivon=is_ivon,
-            )
-            for seen in tasks
-          ]
+    for split in rows:
+      cells = [
+        evaluate_seeds(
+          eval_keys,
+          params,
+          opt_state,
+          getattr(seen, f"x_{split}"),
+          getattr(seen, f"y_{split}"),
+          num_samples=config.eval_samples,
+          is_ivon=is_ivon,
         )
-    return {
-      split: tuple(jnp.asarray([[cell[i] for cell in row] for row in table]) for i in range(2))
-      for split, table in rows.items()
-    }
-
-  return jax.vmap(one_seed)(keys)
+        for seen in tasks
+      ]
+      rows[split].append([np.stack([np.asarray(cell[i]) for cell in cells], -1) for i in range(2)])
+  # (seeds, tasks trained, tasks evaluated) per split and metric.
+  return {
+    split: tuple(np.stack([row[i] for row in table], 1) for i in range(2))
+    for split, table in rows.items()
+  }
 
 
 def seen_average(table):
@@ -271,9 +299,7 @@ def main(argv=None):
     runs = {}
     for learning_rate in learning_rates:
       start = time.perf_counter()
-      runs[learning_rate] = jax.device_get(
-        run_sequence(keys, tasks, learning_rate, method=method, config=config)
-      )
+      runs[learning_rate] = run_sequence(keys, tasks, learning_rate, method=method, config=config)
       val_accuracy = seen_average(runs[learning_rate]["val"][0])[:, -1].mean()
       print(
         f"{method} lr={learning_rate:g}: final val accuracy {val_accuracy:.4f} "

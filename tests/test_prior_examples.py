@@ -6,6 +6,7 @@ import os
 import sys
 
 import numpy as np
+import pytest
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
 sys.path.insert(0, EXAMPLES)
@@ -14,11 +15,12 @@ import continual  # noqa: E402
 import finetune_prior  # noqa: E402
 
 
+@pytest.mark.slow
 def test_continual_learning_runs_and_reports_every_task(tmp_path):
   summary = continual.main(
     [
       *("--tasks", "2", "--seeds", "0", "1", "--epochs", "1", "--hidden", "16"),
-      *("--eval-samples", "2", "--ivon-lrs", "0.1", "--adamw-lrs", "1e-3"),
+      *("--eval-samples", "2", "--ivon-lrs", "0.1", "--adamw-lrs", "1e-2"),
       *("--out", str(tmp_path)),
     ]
   )
@@ -37,6 +39,7 @@ def test_continual_learning_runs_and_reports_every_task(tmp_path):
   assert summary["ivon-vcl"]["learning_rate"] == 0.1
 
 
+@pytest.mark.slow
 def test_finetune_prior_runs_and_compares_the_priors(tmp_path):
   finetune_prior.main(
     [
