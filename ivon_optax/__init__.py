@@ -19,6 +19,8 @@ from ivon_optax import random as random
 from ivon_optax import sensitivity as sensitivity
 from ivon_optax import sharding as sharding
 from ivon_optax._src.diagnostics import diagnostics
+from ivon_optax._src.prior import GaussianPrior
+from ivon_optax._src.prior import posterior_as_prior
 from ivon_optax._src.sample_average import SampleAverage
 from ivon_optax._src.sample_average import add_sample
 from ivon_optax._src.sample_average import average_samples
@@ -35,6 +37,7 @@ from ivon_optax._src.transform import scale_by_ivon
 __version__ = "0.1.0"
 
 __all__ = (
+  "GaussianPrior",
   "IVONState",
   "SampleAverage",
   "add_sample",
@@ -44,6 +47,7 @@ __all__ = (
   "init_sample_average",
   "ivon",
   "posterior",
+  "posterior_as_prior",
   "posterior_precision",
   "posterior_std",
   "sample_params",

@@ -26,9 +26,11 @@ import numpy as np
 import optax
 
 from ivon_optax._src import checks
+from ivon_optax._src import prior as _prior
 from ivon_optax._src import trees as _trees
 from ivon_optax._src.checks import HessApprox
 from ivon_optax._src.checks import check_hess_approx
+from ivon_optax._src.prior import GaussianPrior
 from ivon_optax._src.sample_average import SampleAverage
 
 WeightDecayMask = Any | Callable[[optax.Params], Any] | None
@@ -48,6 +50,9 @@ class IVONState(NamedTuple):
   ess: chex.Array  # shape=(), state dtype: effective sample size lambda.
   weight_decay: optax.Updates  # one scalar per param leaf: delta (0 if masked).
   hess_init: chex.Array  # shape=(), state dtype: h0, for ivon_optax.diagnostics.
+  # With a prior mean: like params, state dtype: mu_0; () without one.
+  # (weight_decay above then holds the prior's precision, per leaf or per element.)
+  prior_mean: optax.Updates = ()
 
 
 # --- The update's formulas, one per line of Algorithm 1 ------------------------
@@ -118,15 +123,16 @@ def new_hess(hess, hess_estimate, beta2, precision):
   return jnp.minimum(hess, _largest(hess))
 
 
-def preconditioned_step(momentum_hat, param, precision, weight_decay, clip_radius):
+def preconditioned_step(momentum_hat, param, precision, weight_decay, clip_radius, prior_mean=0.0):
   r"""The mean's step before the learning rate.
 
   .. math::
-    \mathrm{clip}((\hat g + \delta m) / (h + \delta), -c, c)
+    \mathrm{clip}((\hat g + \delta (m - \mu_0)) / (h + \delta), -c, c)
 
-  ``precision`` is the new :math:`h + \delta`.
+  ``precision`` is the new :math:`h + \delta`; without a prior mean
+  :math:`\mu_0 = 0`.
   """
-  step = (momentum_hat + weight_decay * param) / precision
+  step = (momentum_hat + weight_decay * (param - prior_mean)) / precision
   return jnp.clip(step, -clip_radius, clip_radius)
 
 
@@ -342,6 +348,20 @@ def _leaf_weight_decay(weight_decay, mask: WeightDecayMask, params):
     ) from error
 
 
+_DEFAULT_WEIGHT_DECAY = 1e-4  # weight_decay's default in scale_by_ivon and ivon.
+
+
+def _check_prior_without_weight_decay(weight_decay) -> None:
+  """Raises a ``ValueError`` if ``weight_decay`` was changed from its default next to a prior."""
+  value = _concrete_value("weight_decay", weight_decay)
+  if value is not None and np.float32(value) != np.float32(_DEFAULT_WEIGHT_DECAY):
+    raise ValueError(
+      f"Pass either `prior` or `weight_decay`, not both (got weight_decay={value!r}): "
+      "the prior's precision is the weight decay. Use "
+      "GaussianPrior(mean, precision=weight_decay)."
+    )
+
+
 def _sample_message(hess_approx: str, both: bool = False) -> str:
   statistic = "noise_grads" if hess_approx == "price" else "grads_squared"
   problem = (
@@ -402,6 +422,7 @@ def scale_by_ivon(
   weight_decay_mask: WeightDecayMask = None,
   state_dtype: Any | None = None,
   axis_name: str | None = None,
+  prior: GaussianPrior | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""IVON's direction, everything but the learning rate.
 
@@ -416,11 +437,12 @@ def scale_by_ivon(
     h_t &= \beta_2 h_{t-1} + (1-\beta_2) \hat h_t
       + \tfrac12 (1-\beta_2)^2 (h_{t-1} - \hat h_t)^2 / (h_{t-1} + \delta) \\
     u_t &= (h_0 + \delta)\, \mathrm{clip}\!\left(
-      \frac{\bar g_t / (1 - \beta_1^t) + \delta m}{h_t + \delta}, -c, c\right)
+      \frac{\bar g_t / (1 - \beta_1^t) + \delta (m - \mu_0)}{h_t + \delta}, -c, c\right)
 
   The factor :math:`h_0 + \delta` is present when ``rescale_lr`` and the
   debiasing :math:`1 - \beta_1^t` when ``debias``. :func:`ivon` scales
-  :math:`u_t` by :math:`-\alpha_t`.
+  :math:`u_t` by :math:`-\alpha_t`. The prior is :math:`\mathcal{N}(\mu_0,
+  1/(\lambda \delta))`: :math:`\mu_0 = 0` unless ``prior`` says otherwise.
 
   **Where this differs from the reference.** Wherever the reference
   ``ivon-opt`` 0.1.3 stays finite, the formulas above are its formulas (tested
@@ -459,6 +481,15 @@ def scale_by_ivon(
       averages of the gradient and of its Hessian statistic are averaged
       before the step, like the reference's ``sync=True``: with each device
       drawing its own noise, that is one Monte-Carlo sample per device.
+    prior: a :class:`ivon_optax.GaussianPrior` with mean :math:`\mu_0` and
+      precision :math:`\delta` (scalar, per leaf or per element), instead of
+      ``weight_decay`` (leave that at its default). ``weight_decay_mask``
+      still sets :math:`\delta = 0` on its ``False`` leaves. The state carries
+      :math:`\delta` and :math:`\mu_0` (one more param-sized buffer when the
+      mean is given, another when the precision is per element), so they are
+      arguments, not constants, of a jitted update; build the state with an
+      eager ``tx.init(params)``, as under ``jit`` they would be constants of
+      the init.
 
   Returns:
     A :class:`optax.GradientTransformationExtraArgs` whose ``update`` takes
@@ -489,6 +520,10 @@ def scale_by_ivon(
       ("clip_radius", clip_radius),
     )
   )
+  if prior is not None:
+    _prior.check_prior_type(prior)
+    _check_prior_without_weight_decay(weight_decay)
+  has_prior_mean = prior is not None and prior.mean is not None
 
   def dtype_of(param):
     return checks.state_dtype(param, state_dtype)
@@ -496,6 +531,12 @@ def scale_by_ivon(
   def init_fn(params):
     managed = lambda fn: lambda p, *rest: fn(p, *rest) if is_managed(p) else optax.MaskedNode()
     leaf_decay = _leaf_weight_decay(weight_decay, weight_decay_mask, params)
+    prior_mean = ()
+    if prior is not None:
+      keep = _leaf_weight_decay(1.0, weight_decay_mask, params)
+      leaf_decay, prior_mean = _prior.prior_buffers(prior, keep, params, dtype_of)
+      if has_prior_mean:
+        prior_mean = jax.tree.map(managed(lambda p, mu: mu), params, prior_mean)
     ess_dtype = jnp.promote_types(jnp.result_type(ess), jnp.float32)
     return IVONState(
       count=jnp.zeros([], jnp.int32),
@@ -507,6 +548,7 @@ def scale_by_ivon(
         managed(lambda p, d: jnp.asarray(d, dtype_of(p))), params, leaf_decay
       ),
       hess_init=jnp.asarray(hess_init, ess_dtype),
+      prior_mean=prior_mean,
     )
 
   def update_fn(updates, state, params=None, *, noise=None, samples=None, **extra_args):
@@ -541,10 +583,16 @@ def scale_by_ivon(
     if axis_name is not None:
       grads, hess_input = _mean_over_axis((grads, hess_input), axis_name)
 
-    leaf_decay = _trees.map_unmasked(
-      lambda old, d: jnp.asarray(d, old.dtype),
-      state.weight_decay,
-      _leaf_weight_decay(weight_decay, weight_decay_mask, params),
+    # The next step's delta: from the weight_decay hyperparameter (which
+    # inject_hyperparams may change), or as init set it from a prior.
+    next_decay = (
+      state.weight_decay
+      if prior is not None
+      else _trees.map_unmasked(
+        lambda old, d: jnp.asarray(d, old.dtype),
+        state.weight_decay,
+        _leaf_weight_decay(weight_decay, weight_decay_mask, params),
+      )
     )
     count = optax.safe_increment(state.count)
     momentum = _trees.map_unmasked(
@@ -562,14 +610,17 @@ def scale_by_ivon(
     )
     momentum_hat = _debiased(momentum, beta1, count) if debias else momentum
     new_precision = _trees.map_unmasked(precision_per_example, hess, state.weight_decay)
+    # Without a prior mean, mu_0 = 0 is a literal: no buffer in the state.
+    prior_mean = state.prior_mean if has_prior_mean else jax.tree.map(lambda _: 0.0, hess)
     direction = _trees.map_unmasked(
-      lambda g, p, prec, d: preconditioned_step(
-        g, jnp.asarray(p, prec.dtype), prec, d, clip_radius
+      lambda g, p, prec, d, mu: preconditioned_step(
+        g, jnp.asarray(p, prec.dtype), prec, d, clip_radius, mu
       ),
       momentum_hat,
       params,
       new_precision,
       state.weight_decay,
+      prior_mean,
     )
     if rescale_lr:
       direction = _trees.map_unmasked(
@@ -586,8 +637,9 @@ def scale_by_ivon(
       momentum=momentum,
       hess=hess,
       ess=jnp.asarray(ess, state.ess.dtype),
-      weight_decay=leaf_decay,
+      weight_decay=next_decay,
       hess_init=jnp.asarray(hess_init, state.hess_init.dtype),
+      prior_mean=state.prior_mean,
     )
     return _like_params(direction, state.hess, updates, params), new_state
 
@@ -674,6 +726,7 @@ def ivon(
   weight_decay_mask: WeightDecayMask = None,
   state_dtype: Any | None = None,
   axis_name: str | None = None,
+  prior: GaussianPrior | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""The IVON optimizer: variational learning at the cost of Adam.
 
@@ -715,6 +768,7 @@ def ivon(
     weight_decay_mask: see :func:`scale_by_ivon`.
     state_dtype: see :func:`scale_by_ivon`.
     axis_name: see :func:`scale_by_ivon`.
+    prior: see :func:`scale_by_ivon`.
 
   The defaults are the reference ``ivon-opt``'s.
 
@@ -742,6 +796,7 @@ def ivon(
       weight_decay_mask=weight_decay_mask,
       state_dtype=state_dtype,
       axis_name=axis_name,
+      prior=prior,
     ),
     _scale_by_learning_rate(learning_rate),
   )
