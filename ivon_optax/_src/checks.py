@@ -1,4 +1,4 @@
-"""Argument rules shared across the package: Hessian estimators, state dtype, PRNG keys, counts, validity."""
+"""Argument rules shared by the package: estimators, dtypes, keys, counts and validity."""
 
 import numbers
 from typing import Any
