@@ -11,6 +11,7 @@ import types
 import pytest
 
 CORE = {
+  "GaussianPrior",
   "IVONState",
   "SampleAverage",
   "add_sample",
@@ -20,6 +21,7 @@ CORE = {
   "init_sample_average",
   "ivon",
   "posterior",
+  "posterior_as_prior",
   "posterior_precision",
   "posterior_std",
   "sample_params",
