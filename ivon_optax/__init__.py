@@ -1,12 +1,12 @@
 """ivon-optax: IVON, the variational-learning optimizer, as optax transforms.
 
 The top level holds the optimizer and its posterior. The applications live in
-submodules named for what they hold: :mod:`ivon_optax.predict`,
-:mod:`ivon_optax.metrics`, :mod:`ivon_optax.sensitivity`,
-:mod:`ivon_optax.merging`, :mod:`ivon_optax.calibration`,
-:mod:`ivon_optax.ensemble`, :mod:`ivon_optax.sharding` and
-:mod:`ivon_optax.random`, all imported with the package, and
-:mod:`ivon_optax.flax` and :mod:`ivon_optax.checkpoint`, imported on their own
+submodules named for what they hold: [`ivon_optax.predict`][],
+[`ivon_optax.metrics`][], [`ivon_optax.sensitivity`][],
+[`ivon_optax.merging`][], [`ivon_optax.calibration`][],
+[`ivon_optax.ensemble`][], [`ivon_optax.sharding`][] and
+[`ivon_optax.random`][], all imported with the package, and
+[`ivon_optax.flax`][] and [`ivon_optax.checkpoint`][], imported on their own
 because they need Flax and Orbax.
 """
 

@@ -1,4 +1,4 @@
-"""Standard-normal samplers for :func:`ivon_optax.sample_params`."""
+"""Standard-normal samplers for [`ivon_optax.sample_params`][]."""
 
 from ivon_optax._src.counter_normal import counter_normal
 

@@ -1,25 +1,26 @@
 r"""Post-hoc calibration on a validation split: a logit temperature, and IVON's posterior scale.
 
 **Temperature scaling** (Guo et al., 2017) divides a classifier's logits
-:math:`z` by one scalar :math:`T > 0` fitted on held-out data by minimising
+$z$ by one scalar $T > 0$ fitted on held-out data by minimising
 the negative log-likelihood,
 
-.. math::
-  \hat T = \arg\min_{T > 0} \; \frac1n \sum_i
-    \Big[\mathrm{logsumexp}_k \big(z_{ik} / T\big) - z_{i y_i} / T\Big].
+$$
+\hat T = \arg\min_{T > 0} \; \frac1n \sum_i
+  \Big[\mathrm{logsumexp}_k \big(z_{ik} / T\big) - z_{i y_i} / T\Big].
+$$
 
-:math:`T > 1` softens overconfident predictions, :math:`T < 1` sharpens
+$T > 1$ softens overconfident predictions, $T < 1$ sharpens
 underconfident ones. Rows of log probabilities work as logits (the softmax
 ignores a per-row constant), so the same fit applies to a Bayesian model
-average, :func:`ivon_optax.predict.predictive_log_probs`.
+average, [`ivon_optax.predict.predictive_log_probs`][].
 
-**The posterior scale** :math:`\tau` is the variational analogue: weights are
-drawn from :math:`\mathcal{N}(m, \tau^2\sigma^2)` instead of
-:math:`\mathcal{N}(m, \sigma^2)`. Since
-:math:`\sigma = 1/\sqrt{\lambda (h + \delta)}`, scaling :math:`\sigma` by
-:math:`\tau` is replacing the effective sample size :math:`\lambda` by
-:math:`\lambda / \tau^2` (:func:`scale_posterior`). :math:`\tau < 1` narrows
-the posterior (a "cold" posterior), :math:`\tau > 1` widens it.
+**The posterior scale** $\tau$ is the variational analogue: weights are
+drawn from $\mathcal{N}(m, \tau^2\sigma^2)$ instead of
+$\mathcal{N}(m, \sigma^2)$. Since
+$\sigma = 1/\sqrt{\lambda (h + \delta)}$, scaling $\sigma$ by
+$\tau$ is replacing the effective sample size $\lambda$ by
+$\lambda / \tau^2$ ([`scale_posterior`][ivon_optax.calibration.scale_posterior]). $\tau < 1$ narrows
+the posterior (a "cold" posterior), $\tau > 1$ widens it.
 """
 
 from collections.abc import Callable
@@ -46,7 +47,7 @@ def _check_positive(name: str, value: chex.Array, fix: str) -> chex.Array:
 
 
 def temperature_scale(logits: chex.Array, temperature: chex.Array) -> chex.Array:
-  r"""Log probabilities at temperature :math:`T`: :math:`\log\mathrm{softmax}(z / T)`.
+  r"""Log probabilities at temperature $T$: $\log\mathrm{softmax}(z / T)$.
 
   Examples:
     >>> import jax.numpy as jnp, ivon_optax.calibration
@@ -57,7 +58,7 @@ def temperature_scale(logits: chex.Array, temperature: chex.Array) -> chex.Array
 
   Args:
     logits: logits or log probabilities, class axis last.
-    temperature: :math:`T > 0`, a scalar (or anything that broadcasts against
+    temperature: $T > 0$, a scalar (or anything that broadcasts against
       ``logits[..., :1]``).
 
   Returns:
@@ -70,10 +71,10 @@ def temperature_scale(logits: chex.Array, temperature: chex.Array) -> chex.Array
 
 
 def _nll_slope(inverse_temperature: chex.Array, logits: chex.Array, labels: chex.Array):
-  r""":math:`\frac{d}{d\beta}` of the mean NLL at :math:`\beta = 1/T`: :math:`E_{p_\beta}[z] - z_y`.
+  r"""$\frac{d}{d\beta}$ of the mean NLL at $\beta = 1/T$: $E_{p_\beta}[z] - z_y$.
 
-  Entries with probability 0 (logits of :math:`-\infty`) contribute 0, not
-  :math:`0 \cdot \infty`.
+  Entries with probability 0 (logits of $-\infty$) contribute 0, not
+  $0 \cdot \infty$.
   """
   probs = jax.nn.softmax(inverse_temperature * logits, axis=-1)
   expected = jnp.sum(jnp.where(probs > 0, probs * logits, 0.0), axis=-1)
@@ -88,15 +89,16 @@ def fit_temperature(
   bounds: tuple[float, float] = (0.01, 100.0),
   num_iterations: int = 60,
 ) -> chex.Array:
-  r"""The temperature :math:`\hat T` that minimises the mean NLL of ``labels``.
+  r"""The temperature $\hat T$ that minimises the mean NLL of ``labels``.
 
-  The NLL is convex in the inverse temperature :math:`\beta = 1/T`, with slope
+  The NLL is convex in the inverse temperature $\beta = 1/T$, with slope
 
-  .. math::
-    \frac{d}{d\beta}\,\mathrm{NLL}(\beta)
-      = \frac1n \sum_i \big(\mathbb{E}_{\mathrm{softmax}(\beta z_i)}[z_{ik}] - z_{i y_i}\big),
+  $$
+  \frac{d}{d\beta}\,\mathrm{NLL}(\beta)
+    = \frac1n \sum_i \big(\mathbb{E}_{\mathrm{softmax}(\beta z_i)}[z_{ik}] - z_{i y_i}\big),
+  $$
 
-  which increases with :math:`\beta`. The fit bisects on :math:`\log\beta`
+  which increases with $\beta$. The fit bisects on $\log\beta$
   for the sign change of this slope, a fixed number of times: no learning
   rate, no starting point, and jittable. Each iteration halves the bracket
   ``bounds`` in log space, so 60 iterations reach round-off.
@@ -115,11 +117,11 @@ def fit_temperature(
     labels: integer labels ``logits.shape[:-1]``.
     bounds: ``(T_min, T_max)``, the bracket searched. Where the NLL still
       decreases at a bound (e.g. separable data, where it keeps falling as
-      :math:`T \to 0`), that bound is returned.
+      $T \to 0$), that bound is returned.
     num_iterations: bisection steps (an integer >= 1).
 
   Returns:
-    :math:`\hat T`, a float32 (or float64) scalar. NaN for an invalid label,
+    $\hat T$, a float32 (or float64) scalar. NaN for an invalid label,
     a NaN logit, or bounds that are not ``0 < T_min < T_max`` (under ``jit``
     these cannot raise).
   """
@@ -158,18 +160,18 @@ def fit_temperature(
 
 
 def scale_posterior(state: optax.OptState, scale: chex.Array) -> optax.OptState:
-  r"""``state`` with IVON's posterior standard deviation scaled: :math:`\sigma \to \tau\sigma`.
+  r"""``state`` with IVON's posterior standard deviation scaled: $\sigma \to \tau\sigma$.
 
-  The IVON state's effective sample size becomes :math:`\lambda/\tau^2`, so that
-  :func:`ivon_optax.sample_params`, :func:`ivon_optax.posterior_std` and
-  :func:`ivon_optax.predict.sample_outputs` of the returned state draw from
-  :math:`\mathcal{N}(m, \tau^2\sigma^2)`. With :math:`\tau = 1` the state
+  The IVON state's effective sample size becomes $\lambda/\tau^2$, so that
+  [`ivon_optax.sample_params`][], [`ivon_optax.posterior_std`][] and
+  [`ivon_optax.predict.sample_outputs`][] of the returned state draw from
+  $\mathcal{N}(m, \tau^2\sigma^2)$. With $\tau = 1$ the state
   is unchanged and the samples are identical, key for key. The IVON state
   is found inside any wrapper (``chain``, ``inject_hyperparams``, ...); for a
-  stack of ensemble members' states, one :math:`\tau` scales them all.
+  stack of ensemble members' states, one $\tau$ scales them all.
 
   The scaled state is for prediction: training on from it would continue with
-  the scaled :math:`\lambda` in the update.
+  the scaled $\lambda$ in the update.
 
   Examples:
     >>> import jax.numpy as jnp, ivon_optax.calibration
@@ -180,12 +182,12 @@ def scale_posterior(state: optax.OptState, scale: chex.Array) -> optax.OptState:
     Array([1., 1.], dtype=float32)
 
   Args:
-    state: an optax state containing exactly one :class:`ivon_optax.IVONState`.
-    scale: :math:`\tau > 0`, a scalar.
+    state: an optax state containing exactly one [`ivon_optax.IVONState`][].
+    scale: $\tau > 0$, a scalar.
 
   Returns:
-    The state, its structure unchanged. Under ``jit``, a :math:`\tau` that is not
-    positive makes :math:`\lambda`, hence every sample, NaN.
+    The state, its structure unchanged. Under ``jit``, a $\tau$ that is not
+    positive makes $\lambda$, hence every sample, NaN.
   """
   find_ivon_state(state)  # exactly one, or a ValueError that says so
   valid = _check_positive("scale", scale, "Pass the posterior scale tau, e.g. 1.0 for none.")
@@ -208,7 +210,7 @@ class PosteriorScaleFit(NamedTuple):
 
 
 def default_scales() -> chex.Array:
-  r"""The default candidates for :math:`\tau`: 17 values from 1/8 to 2, evenly spaced in log."""
+  r"""The default candidates for $\tau$: 17 values from 1/8 to 2, evenly spaced in log."""
   return jnp.geomspace(0.125, 2.0, 17)
 
 
@@ -218,19 +220,20 @@ def fit_posterior_scale(
   *,
   scales: chex.Array | None = None,
 ) -> PosteriorScaleFit:
-  r"""The posterior scale :math:`\hat\tau` with the lowest NLL among candidate ``scales``.
+  r"""The posterior scale $\hat\tau$ with the lowest NLL among candidate ``scales``.
 
-  .. math::
-    \hat\tau = \arg\min_{\tau \in \text{scales}} \; -\frac1n \sum_i
-      \log \frac1S \sum_s p\big(y_i \mid x_i, m + \tau\sigma\odot\epsilon_s\big)
+  $$
+  \hat\tau = \arg\min_{\tau \in \text{scales}} \; -\frac1n \sum_i
+    \log \frac1S \sum_s p\big(y_i \mid x_i, m + \tau\sigma\odot\epsilon_s\big)
+  $$
 
   ``predict_fn(tau)`` returns the Bayesian model average's log probabilities
-  on the validation inputs at scale :math:`\tau`, typically
-  :func:`ivon_optax.predict.predictive_log_probs` of
-  :func:`ivon_optax.predict.sample_outputs` of :func:`scale_posterior` ``(state,
-  tau)``. Give it a **fixed key**: the same :math:`\epsilon_s` at every
-  :math:`\tau` (common random numbers) make the NLL a smooth function of
-  :math:`\tau`, so that candidates are compared without Monte-Carlo noise
+  on the validation inputs at scale $\tau$, typically
+  [`ivon_optax.predict.predictive_log_probs`][] of
+  [`ivon_optax.predict.sample_outputs`][] of
+  [`scale_posterior`][ivon_optax.calibration.scale_posterior] ``(state, tau)``. Give it a **fixed
+  key**: the same $\epsilon_s$ at every $\tau$ (common random numbers) make the NLL a smooth
+  function of $\tau$, so that candidates are compared without Monte-Carlo noise
   between them. The candidates are evaluated one at a time
   (``jax.lax.map``), with the memory of one.
 
@@ -250,14 +253,15 @@ def fit_posterior_scale(
 
   Args:
     predict_fn: ``predict_fn(tau) -> log_probs``, jittable, normalized log
-      probabilities ``(n, classes)`` for a scalar :math:`\tau`.
+      probabilities ``(n, classes)`` for a scalar $\tau$.
     labels: the validation labels, ``log_probs.shape[:-1]``.
-    scales: the candidate :math:`\tau` values, a 1-D array; by default
-      :func:`default_scales` (1/8 to 2). Include 1 to allow "no change".
+    scales: the candidate $\tau$ values, a 1-D array; by default
+      [`default_scales`][ivon_optax.calibration.default_scales] (1/8 to 2). Include 1 to allow "no
+      change".
 
   Returns:
-    A :class:`PosteriorScaleFit`. NaN NLLs (invalid labels or predictions
-    under ``jit``) make ``scale`` NaN.
+    A [`PosteriorScaleFit`][ivon_optax.calibration.PosteriorScaleFit]. NaN NLLs (invalid labels or
+    predictions under ``jit``) make ``scale`` NaN.
   """
   scales = default_scales() if scales is None else jnp.asarray(scales)
   if jnp.ndim(scales) != 1 or jnp.size(scales) == 0:

@@ -1,16 +1,18 @@
 """Restoring an IVON train state from an Orbax checkpoint, with errors that name the mismatch.
 
-Saving needs nothing beyond Orbax::
+Saving needs nothing beyond Orbax:
 
-  manager = ocp.CheckpointManager(
-      directory, item_handlers=ocp.StandardCheckpointHandler(),
-      options=ocp.CheckpointManagerOptions(max_to_keep=3))
-  manager.save(step, args=ocp.args.StandardSave(train_state))
+```python
+manager = ocp.CheckpointManager(
+    directory, item_handlers=ocp.StandardCheckpointHandler(),
+    options=ocp.CheckpointManagerOptions(max_to_keep=3))
+manager.save(step, args=ocp.args.StandardSave(train_state))
+```
 
 where ``train_state`` holds the params, the whole optimizer state (IVON's step
 count, momentum and Hessian, and any schedule's count) and the data loader's
 position. Keep PRNG keys out of it: derive each step's key as
-``jax.random.fold_in(base_key, step)``. :func:`restore` reads the latest
+``jax.random.fold_in(base_key, step)``. [`restore`][ivon_optax.checkpoint.restore] reads the latest
 complete step back into the layout (shapes, dtypes, shardings) of a target
 state, e.g. one device after a run on eight, and first checks that the
 checkpoint was written for the same model and optimizer.

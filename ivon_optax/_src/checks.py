@@ -27,8 +27,8 @@ def state_dtype(param: Any, dtype: Any | None = None) -> jnp.dtype:
   r"""The dtype IVON keeps its buffers and sample averages in for ``param``.
 
   ``dtype`` if given; otherwise the param's dtype promoted to at least float32,
-  so that bfloat16 params keep a float32 :math:`h` that can absorb
-  :math:`(1-\beta_2)`-sized increments, and float64 params keep float64.
+  so that bfloat16 params keep a float32 $h$ that can absorb
+  $(1-\beta_2)$-sized increments, and float64 params keep float64.
   """
   if dtype is not None:
     return jnp.dtype(dtype)
@@ -80,7 +80,7 @@ def require(valid: chex.Array, values: chex.Array, message: str) -> chex.Array:
   """Raises ``ValueError(message)`` if ``valid`` is concrete and false anywhere; returns ``valid``.
 
   Under a transformation (``valid`` a tracer) nothing can be checked: the
-  caller folds ``valid`` into its result as NaN (:func:`nan_unless`).
+  caller folds ``valid`` into its result as NaN (`nan_unless`).
   ``message`` may hold one ``{}``, filled with a few of the offending
   ``values`` (an array shaped like ``valid``).
   """

@@ -3,30 +3,30 @@ r"""A fast standard-normal sampler: a counter-based hash and the Box-Muller tran
 IVON draws one Gaussian number per parameter per step. ``jax.random.normal``
 with the default threefry key runs 20 rounds of a block cipher per pair of
 numbers and then ``lax.erf_inv``; on a CPU that costs several times the whole
-AdamW update. :func:`counter_normal` instead
+AdamW update. [`counter_normal`][ivon_optax.random.counter_normal] instead
 
 1. derives four 32-bit seeds from the key (one tiny ``jax.random.bits`` call),
-2. hashes the flat index :math:`j` of each pair of draws with two keyed rounds
-   of a 32-bit integer mixer, :math:`b_j = f(f(j \oplus s_0) + s_1)`, once with
-   :math:`(s_0, s_1)` and once with :math:`(s_2, s_3)`,
-3. maps the top 24 bits of each to uniforms :math:`u_j, v_j \in (0, 1)`
-   (:math:`(k + \tfrac12)/2^{24}`, exact in float32), and
-4. returns the Box-Muller pair :math:`\sqrt{-2\log u_j}\,(\cos 2\pi v_j,
-   \sin 2\pi v_j)`: the cosines fill the first half of the draws, the sines the
+2. hashes the flat index $j$ of each pair of draws with two keyed rounds
+   of a 32-bit integer mixer, $b_j = f(f(j \oplus s_0) + s_1)$, once with
+   $(s_0, s_1)$ and once with $(s_2, s_3)$,
+3. maps the top 24 bits of each to uniforms $u_j, v_j \in (0, 1)$
+   ($(k + \tfrac12)/2^{24}$, exact in float32), and
+4. returns the Box-Muller pair $\sqrt{-2\log u_j}\,(\cos 2\pi v_j,
+   \sin 2\pi v_j)$: the cosines fill the first half of the draws, the sines the
    second. Both share one log and one square root, the costly part, and the
    sine is a cosine a quarter turn later, so one short polynomial serves both.
 
 The result is a pure, deterministic function of the key and the shape, so it
 works under ``jit``, ``vmap`` over keys and ``shard_map``, and two calls with
-the same key agree. It covers :math:`|z| \le \sqrt{2 \log 2^{25}} = 5.89`
+the same key agree. It covers $|z| \le \sqrt{2 \log 2^{25}} = 5.89$
 (``jax.random.normal``: 5.4 in float32); float64 draws use 52-bit uniforms and
 ``jax.scipy.special.ndtri``.
 
 References:
-  G. Box and M. Muller, `A note on the generation of random normal deviates
-  <https://doi.org/10.1214/aoms/1177706645>`_, Ann. Math. Statist. 29, 1958.
-  C. Wellons, `Prospecting for hash functions
-  <https://nullprogram.com/blog/2018/07/31/>`_ (the ``lowbias32`` mixer), 2018.
+  G. Box and M. Muller, [A note on the generation of random normal
+  deviates](https://doi.org/10.1214/aoms/1177706645), Ann. Math. Statist. 29, 1958. C. Wellons,
+  [Prospecting for hash functions](https://nullprogram.com/blog/2018/07/31/) (the ``lowbias32``
+  mixer), 2018.
 """
 
 import math
@@ -47,10 +47,11 @@ _MAX_ELEMENTS = 2**32
 def mix32(bits: chex.Array) -> chex.Array:
   r"""Wellons' ``lowbias32``, a bijection of ``uint32`` with near-ideal avalanche.
 
-  .. math::
-    x \mathrel{\oplus}= x \gg 16;\ x \mathrel{*}= \texttt{0x21f0aaad};\
-    x \mathrel{\oplus}= x \gg 15;\ x \mathrel{*}= \texttt{0x735a2d97};\
-    x \mathrel{\oplus}= x \gg 15
+  $$
+  x \mathrel{\oplus}= x \gg 16;\ x \mathrel{*}= \texttt{0x21f0aaad};\
+  x \mathrel{\oplus}= x \gg 15;\ x \mathrel{*}= \texttt{0x735a2d97};\
+  x \mathrel{\oplus}= x \gg 15
+  $$
 
   Examples:
     >>> import jax.numpy as jnp
@@ -66,14 +67,14 @@ def mix32(bits: chex.Array) -> chex.Array:
 
 
 def counter_bits(seeds: chex.Array, shape: Sequence[int]) -> chex.Array:
-  r"""Random ``uint32`` of ``shape``: :math:`f(f(i \oplus s_0) + s_1)` of each flat index :math:`i`.
+  r"""Random ``uint32`` of ``shape``: $f(f(i \oplus s_0) + s_1)$ of each flat index $i$.
 
   Every round is keyed, so that two seed pairs give unrelated streams rather
   than shifted copies of one stream.
 
   Args:
-    seeds: ``uint32[2]``, the two seeds :math:`s_0, s_1`.
-    shape: the output shape; at most :math:`2^{32}` elements.
+    seeds: ``uint32[2]``, the two seeds $s_0, s_1$.
+    shape: the output shape; at most $2^{32}$ elements.
 
   Returns:
     ``uint32`` array of ``shape``.
@@ -104,11 +105,11 @@ _LN2_HIGH, _LN2_LOW = np.float32(0.693359375), np.float32(-2.12194440e-4)
 def log_of_normal_float(y: chex.Array) -> chex.Array:
   r"""Natural log of positive, normal (not denormal, finite) float32 ``y``, as in Cephes' ``logf``.
 
-  With :math:`y = 2^e m`, :math:`m \in [\sqrt{1/2}, \sqrt2)` and :math:`f = m - 1`:
-  :math:`\log y = e \log 2 + f - f^2/2 + f^3 P(f)`. Skipping the checks for zero,
+  With $y = 2^e m$, $m \in [\sqrt{1/2}, \sqrt2)$ and $f = m - 1$:
+  $\log y = e \log 2 + f - f^2/2 + f^3 P(f)$. Skipping the checks for zero,
   negative, denormal and non-finite inputs that ``jnp.log`` needs makes it about
-  10% cheaper here; :func:`counter_normal` only passes uniforms in
-  :math:`[2^{-25}, 1)`.
+  10% cheaper here; [`counter_normal`][ivon_optax.random.counter_normal] only passes uniforms in
+  $[2^{-25}, 1)$.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -136,12 +137,12 @@ _COS_POLY = tuple(np.float32((-1) ** k / math.factorial(2 * k)) for k in range(6
 
 
 def cos_turns(turns: chex.Array) -> chex.Array:
-  r"""Float32 :math:`\cos(2\pi t)` of ``turns`` :math:`t`, from a polynomial on a quarter turn.
+  r"""Float32 $\cos(2\pi t)$ of ``turns`` $t$, from a polynomial on a quarter turn.
 
-  With :math:`a = |t - \mathrm{round}(t)| \in [0, \tfrac12]`:
-  :math:`\cos 2\pi t = \cos 2\pi a`, and :math:`\cos 2\pi a = -\cos 2\pi(\tfrac12 - a)`
-  folds :math:`a` onto :math:`[0, \tfrac14]`, where the Taylor series to
-  :math:`x^{12}` is exact to float32 rounding. ``jnp.cos`` reduces arbitrary
+  With $a = |t - \mathrm{round}(t)| \in [0, \tfrac12]$:
+  $\cos 2\pi t = \cos 2\pi a$, and $\cos 2\pi a = -\cos 2\pi(\tfrac12 - a)$
+  folds $a$ onto $[0, \tfrac14]$, where the Taylor series to
+  $x^{12}$ is exact to float32 rounding. ``jnp.cos`` reduces arbitrary
   arguments and costs several times more on CPU.
 
   Examples:
@@ -161,7 +162,7 @@ def cos_turns(turns: chex.Array) -> chex.Array:
 
 
 def open_unit_uniform(bits: chex.Array) -> chex.Array:
-  r"""Float32 uniforms :math:`(k + \tfrac12)/2^{24} \in (0, 1)`, :math:`k` the top 24 bits.
+  r"""Float32 uniforms $(k + \tfrac12)/2^{24} \in (0, 1)$, $k$ the top 24 bits.
 
   Every value is exact in float32, and neither 0 nor 1 occurs.
 
@@ -188,17 +189,18 @@ def counter_normal(
 
   Several times faster than ``jax.random.normal`` on CPU.
 
-  With :math:`n` draws in C order and :math:`P = \lceil n/2 \rceil` pairs, pair
-  :math:`j` gives
+  With $n$ draws in C order and $P = \lceil n/2 \rceil$ pairs, pair
+  $j$ gives
 
-  .. math::
-    z_j = \sqrt{-2\log u_j}\,\cos 2\pi v_j, \qquad
-    z_{P+j} = \sqrt{-2\log u_j}\,\sin 2\pi v_j
+  $$
+  z_j = \sqrt{-2\log u_j}\,\cos 2\pi v_j, \qquad
+  z_{P+j} = \sqrt{-2\log u_j}\,\sin 2\pi v_j
+  $$
 
-  with :math:`u_j, v_j` from :func:`open_unit_uniform` of two
-  :func:`counter_bits` streams (float64: :math:`z_i = \Phi^{-1}(u_i)` with
+  with $u_j, v_j$ from `open_unit_uniform` of two
+  `counter_bits` streams (float64: $z_i = \Phi^{-1}(u_i)$ with
   52-bit uniforms and ``jax.scipy.special.ndtri``). Drop-in for
-  ``jax.random.normal`` and the ``sampler`` of :func:`ivon_optax.sample_params`.
+  ``jax.random.normal`` and the ``sampler`` of [`ivon_optax.sample_params`][].
 
   Examples:
     >>> import jax, jax.numpy as jnp
@@ -216,7 +218,7 @@ def counter_normal(
       (``jax.random.PRNGKey``), of any implementation. Use a fresh key for each
       draw (``jax.random.split`` or ``jax.random.fold_in``); the same key gives
       the same numbers.
-    shape: the output shape; at most :math:`2^{32}` elements.
+    shape: the output shape; at most $2^{32}$ elements.
     dtype: a floating dtype. float16/bfloat16 are computed in float32 and
       rounded.
 
@@ -224,7 +226,7 @@ def counter_normal(
     An array of ``shape`` and ``dtype`` with i.i.d. standard normal entries.
 
   Raises:
-    ValueError: if ``dtype`` is not floating or ``shape`` has :math:`2^{32}` or
+    ValueError: if ``dtype`` is not floating or ``shape`` has $2^{32}$ or
       more elements.
   """
   shape = tuple(int(d) for d in shape)

@@ -1,9 +1,9 @@
 r"""Scalars to log that show whether IVON's Hessian estimate is learning.
 
-The most common way an IVON run goes wrong is quietly: :math:`h` stays at
-``hess_init``, so the posterior spread :math:`\sigma = 1/\sqrt{\lambda (h +
-\delta)}` and the step size are set by the initial guess instead of the data.
-:func:`diagnostics` summarizes the state in a few scalars that make that
+The most common way an IVON run goes wrong is quietly: $h$ stays at
+``hess_init``, so the posterior spread $\sigma = 1/\sqrt{\lambda (h +
+\delta)}$ and the step size are set by the initial guess instead of the data.
+[`diagnostics`][ivon_optax.diagnostics] summarizes the state in a few scalars that make that
 visible in a training log.
 """
 
@@ -43,22 +43,22 @@ def _managed_values(hess_tree, values_tree) -> jax.Array:
 def diagnostics(
   state: optax.OptState, params: optax.Params, *, learning_rate: chex.Numeric | None = None
 ) -> dict[str, jax.Array]:
-  r"""A few scalars that show whether IVON's Hessian estimate :math:`h` is learning.
+  r"""A few scalars that show whether IVON's Hessian estimate $h$ is learning.
 
   Over all elements IVON manages (masked-out, integer and boolean leaves are
-  left out), with :math:`h_0` = ``hess_init``, :math:`\delta` the weight
-  decay of each element's leaf and :math:`\lambda` = ``ess``:
+  left out), with $h_0$ = ``hess_init``, $\delta$ the weight
+  decay of each element's leaf and $\lambda$ = ``ess``:
 
   * ``hess_at_init``: the fraction of elements with
-    :math:`|h - h_0| \le 0.01\, h_0`. Near 1 after many steps means :math:`h`
+    $|h - h_0| \le 0.01\, h_0$. Near 1 after many steps means $h$
     is stuck at its initial value.
-  * ``hess_q05``, ``hess_q50``, ``hess_q95``: quantiles of :math:`h`.
+  * ``hess_q05``, ``hess_q50``, ``hess_q95``: quantiles of $h$.
   * ``std_q05``, ``std_q50``, ``std_q95``: quantiles of the posterior standard
-    deviation :math:`\sigma = 1/\sqrt{\lambda (h + \delta)}`.
-  * ``step_factor``: the mean of :math:`(h_0 + \delta) / (h + \delta)`, the
+    deviation $\sigma = 1/\sqrt{\lambda (h + \delta)}$.
+  * ``step_factor``: the mean of $(h_0 + \delta) / (h + \delta)$, the
     factor by which IVON's step differs from SGD's with the same learning
-    rate (with ``rescale_lr=True``, the default). 1 while :math:`h` is at
-    :math:`h_0`.
+    rate (with ``rescale_lr=True``, the default). 1 while $h$ is at
+    $h_0$.
   * ``effective_lr``: ``learning_rate`` times ``step_factor``, when
     ``learning_rate`` is given (the optimizer state does not hold it).
   * ``step``: the number of steps taken.
@@ -72,7 +72,7 @@ def diagnostics(
     (1.0, 1.0, 0)
 
   Args:
-    state: an optax state containing exactly one :class:`ivon_optax.IVONState`.
+    state: an optax state containing exactly one [`ivon_optax.IVONState`][].
     params: the params that state was created for.
     learning_rate: the current learning rate, to report ``effective_lr``.
 

@@ -1,18 +1,19 @@
 r"""Ensembles of IVON posteriors (MultiIVON): the members' weight samples, pooled.
 
-A :math:`K`-member ensemble is trained in one jitted step by ``jax.vmap``-ing
+A $K$-member ensemble is trained in one jitted step by ``jax.vmap``-ing
 the training step over the members' params, optimizer states and keys
 (different initializations and noise). Its predictive distribution is the
 equal-weight mixture of the members' posteriors,
 
-.. math::
-  q(\theta) = \frac1K \sum_{k=1}^K \mathcal{N}(m_k, \sigma_k^2),
+$$
+q(\theta) = \frac1K \sum_{k=1}^K \mathcal{N}(m_k, \sigma_k^2),
+$$
 
-whose Monte-Carlo estimate with :math:`S` samples per member is the average
-over all :math:`K S` samples: pass the output of
-:func:`sample_ensemble_outputs` to :func:`ivon_optax.predict.predictive_log_probs`
-or :func:`ivon_optax.predict.predictive_moments` as if it came from one
-posterior.
+whose Monte-Carlo estimate with $S$ samples per member is the average
+over all $K S$ samples: pass the output of
+[`sample_ensemble_outputs`][ivon_optax.ensemble.sample_ensemble_outputs] to
+[`ivon_optax.predict.predictive_log_probs`][] or [`ivon_optax.predict.predictive_moments`][] as if
+it came from one posterior.
 """
 
 from collections.abc import Callable
@@ -48,12 +49,12 @@ def sample_ensemble_outputs(
   num_samples: int,
   batch_size: int | None = None,
 ) -> Any:
-  r"""The outputs at :math:`S` weight samples of each of :math:`K` members, pooled: :math:`K S`.
+  r"""The outputs at $S$ weight samples of each of $K$ members, pooled: $K S$.
 
-  With :math:`k_1, \dots, k_K` = ``jax.random.split(key, K)``, rows
-  :math:`(k-1) S` to :math:`k S - 1` of every output leaf are
+  With $k_1, \dots, k_K$ = ``jax.random.split(key, K)``, rows
+  $(k-1) S$ to $k S - 1$ of every output leaf are
   ``ivon_optax.predict.sample_outputs(k_k, apply_fn, state_k, params_k,
-  *inputs, num_samples=S)`` of member :math:`k`. Members are evaluated in
+  *inputs, num_samples=S)`` of member $k$. Members are evaluated in
   parallel (``jax.vmap``), each member's samples ``batch_size`` at a time.
 
   Examples:
@@ -73,14 +74,14 @@ def sample_ensemble_outputs(
     key: a JAX PRNG key; split into one key per member.
     apply_fn: ``apply_fn(params, *inputs)`` for **one** member's params.
     states: the members' optimizer states, stacked on a leading axis of size
-      :math:`K` (``jax.vmap(tx.init)(params)``), each holding one IVON state.
-    params: the members' mean params, stacked on a leading axis of size :math:`K`.
+      $K$ (``jax.vmap(tx.init)(params)``), each holding one IVON state.
+    params: the members' mean params, stacked on a leading axis of size $K$.
     *inputs: the remaining arguments of ``apply_fn``, shared by all members.
-    num_samples: :math:`S \ge 1`, weight samples per member.
+    num_samples: $S \ge 1$, weight samples per member.
     batch_size: samples per member evaluated at once, as in ``sample_outputs``.
 
   Returns:
-    ``apply_fn``'s output with a leading axis of size :math:`K S` on every leaf.
+    ``apply_fn``'s output with a leading axis of size $K S$ on every leaf.
   """
   check_key(key)
   num_samples = check_count("num_samples", num_samples, fix="Use e.g. num_samples=16 per member.")

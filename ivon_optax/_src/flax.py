@@ -1,32 +1,36 @@
 r"""IVON with Flax: a Linen train state, and NNX weight sampling.
 
 This module imports Flax; ``import ivon_optax`` does not import it. Each IVON
-step takes the gradient at a weight sample :math:`\theta = m + \text{noise}`
-and passes ``noise`` to the optimizer, which updates the mean :math:`m`.
+step takes the gradient at a weight sample $\theta = m + \text{noise}$
+and passes ``noise`` to the optimizer, which updates the mean $m$.
 
 **Linen.** Flax's ``TrainState.apply_gradients`` does not pass ``noise`` on to
-``tx.update``; :class:`TrainState` does, keeps the model's other variable
-collections (BatchNorm's ``batch_stats``) beside the params, and samples::
+``tx.update``; [`TrainState`][ivon_optax.flax.TrainState] does, keeps the model's other variable
+collections (BatchNorm's ``batch_stats``) beside the params, and samples:
 
-  @jax.jit
-  def train_step(state, key, x, y):
-    sampled, noise = state.sample_params(key)
-    def loss_fn(params):
-      logits, updates = state.apply_fn(
-          state.variables(params), x, train=True, mutable=["batch_stats"])
-      return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), updates
-    grads, updates = jax.grad(loss_fn, has_aux=True)(sampled)
-    return state.apply_gradients(grads=grads, noise=noise, collections=updates)
+```python
+@jax.jit
+def train_step(state, key, x, y):
+  sampled, noise = state.sample_params(key)
+  def loss_fn(params):
+    logits, updates = state.apply_fn(
+        state.variables(params), x, train=True, mutable=["batch_stats"])
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), updates
+  grads, updates = jax.grad(loss_fn, has_aux=True)(sampled)
+  return state.apply_gradients(grads=grads, noise=noise, collections=updates)
+```
 
 **NNX.** ``nnx.Optimizer.update(model, grads, **kwargs)`` passes ``noise`` on;
-:func:`sample_nnx_model` gives the model at a weight sample, sharing every
-other variable (BatchNorm statistics, RNG counts) with ``model``::
+[`sample_nnx_model`][ivon_optax.flax.sample_nnx_model] gives the model at a weight sample, sharing
+every other variable (BatchNorm statistics, RNG counts) with ``model``:
 
-  @nnx.jit
-  def train_step(model, optimizer, key, x, y):
-    sampled_model, noise = ivon_optax.flax.sample_nnx_model(key, optimizer, model)
-    grads = nnx.grad(loss_fn)(sampled_model, x, y)  # BatchNorm stats update in `model`
-    optimizer.update(model, grads, noise=noise)     # the step moves the mean
+```python
+@nnx.jit
+def train_step(model, optimizer, key, x, y):
+  sampled_model, noise = ivon_optax.flax.sample_nnx_model(key, optimizer, model)
+  grads = nnx.grad(loss_fn)(sampled_model, x, y)  # BatchNorm stats update in `model`
+  optimizer.update(model, grads, noise=noise)     # the step moves the mean
+```
 
 The NNX helpers sample exactly the variables ``optimizer.wrt`` selects: with
 ``nnx.Optimizer(model, tx, wrt=nnx.LoRAParam)`` only LoRA adapters are trained
@@ -72,7 +76,7 @@ def sample_linen_outputs(
 
   Only ``variables['params']`` is sampled; the other collections (e.g.
   ``batch_stats``) are passed through unchanged. See
-  :func:`ivon_optax.predict.sample_outputs`.
+  [`ivon_optax.predict.sample_outputs`][].
 
   Examples:
     >>> import jax, jax.numpy as jnp, flax.linen as nn, ivon_optax, ivon_optax.flax
@@ -146,11 +150,11 @@ class TrainState(train_state.TrainState):
     return _linen_variables(self.params if params is None else params, self.collections)
 
   def sample_params(self, key: chex.PRNGKey) -> tuple[Any, Any]:
-    """One weight sample ``(sampled_params, noise)``, as :func:`ivon_optax.sample_params`."""
+    """One weight sample ``(sampled_params, noise)``, as [`ivon_optax.sample_params`][]."""
     return sampling.sample_params(key, self.opt_state, self.params)
 
   def posterior(self) -> tuple[Any, Any]:
-    """The posterior ``(mean, std)`` of the params, as :func:`ivon_optax.posterior`."""
+    """The posterior ``(mean, std)`` of the params, as [`ivon_optax.posterior`][]."""
     return sampling.posterior(self.opt_state, self.params)
 
   def apply_gradients(self, *, grads, noise=None, samples=None, **kwargs):
@@ -158,8 +162,9 @@ class TrainState(train_state.TrainState):
 
     Args:
       grads: the loss gradient at the weight sample, like ``params``.
-      noise: the noise of that sample, from :meth:`sample_params`.
-      samples: for several samples per step, a :class:`ivon_optax.SampleAverage`
+      noise: the noise of that sample, from
+        [`sample_params`][ivon_optax.flax.TrainState.sample_params].
+      samples: for several samples per step, a [`ivon_optax.SampleAverage`][]
         instead of ``noise`` (and its ``grads`` as ``grads``).
       **kwargs: fields to replace, e.g. ``collections=`` the updated
         ``batch_stats``.
@@ -193,7 +198,7 @@ class TrainState(train_state.TrainState):
   ) -> Any:
     """The model's outputs at ``num_samples`` weight samples, stacked.
 
-    See :func:`sample_linen_outputs`.
+    See [`sample_linen_outputs`][ivon_optax.flax.sample_linen_outputs].
     """
     return sample_linen_outputs(
       key,
@@ -215,7 +220,7 @@ def nnx_params_and_state(optimizer: nnx.Optimizer, model: nnx.Module) -> tuple[A
 
   ``params`` are the variables ``optimizer.wrt`` selects; both trees are as
   ``nnx.Optimizer.update`` passes them to ``tx``, so the functions of
-  :mod:`ivon_optax` accept them (``ivon_optax.posterior(opt_state, params)``).
+  [`ivon_optax`][] accept them (``ivon_optax.posterior(opt_state, params)``).
 
   Examples:
     >>> import jax, flax.nnx as nnx, ivon_optax, ivon_optax.flax
@@ -237,7 +242,7 @@ def sample_nnx_params(
 
   The sampled variables are those ``optimizer.wrt`` selects; ``noise`` goes
   to ``optimizer.update(model, grads, noise=noise)``. See
-  :func:`ivon_optax.sample_params`.
+  [`ivon_optax.sample_params`][].
 
   Examples:
     >>> import jax, jax.numpy as jnp, flax.nnx as nnx, ivon_optax, ivon_optax.flax
@@ -299,7 +304,7 @@ def sample_nnx_outputs(
   Only the variables ``optimizer.wrt`` selects are sampled. Pass the model in
   evaluation mode (``nnx.view(model, use_running_average=True,
   deterministic=True)`` or ``model.eval()``): state updates made while
-  predicting are discarded. See :func:`ivon_optax.predict.sample_outputs`.
+  predicting are discarded. See [`ivon_optax.predict.sample_outputs`][].
 
   Examples:
     >>> import jax, jax.numpy as jnp, flax.nnx as nnx, ivon_optax, ivon_optax.flax

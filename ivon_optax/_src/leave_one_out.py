@@ -1,50 +1,53 @@
 r"""Validation without held-out data: the leave-one-out estimate from IVON's posterior.
 
-Removing training example :math:`i` moves its logits by about
-:math:`v_i \odot e_i` (see :mod:`ivon_optax._src.sensitivity`). Evaluating each
+Removing training example $i$ moves its logits by about
+$v_i \odot e_i$ (see `ivon_optax._src.sensitivity`). Evaluating each
 example at its own perturbed logits estimates leave-one-out
 cross-validation from one pass over the training data:
 
-.. math::
-  \mathrm{LOO}_{\mathrm{NLL}} &\approx \frac1N \sum_{i=1}^N
-    -\log \max\!\big(\mathrm{softmax}(f_i + v_i \odot e_i)_{y_i},\ 10^{-10}\big) \\
-  \mathrm{LOO}_{\mathrm{err}} &\approx \frac1N \sum_{i=1}^N
-    \big[\arg\max_k\, (f_i + v_i \odot e_i)_k \neq y_i\big]
+$$
+\begin{aligned}
+\mathrm{LOO}_{\mathrm{NLL}} &\approx \frac1N \sum_{i=1}^N
+  -\log \max\!\big(\mathrm{softmax}(f_i + v_i \odot e_i)_{y_i},\ 10^{-10}\big) \\
+\mathrm{LOO}_{\mathrm{err}} &\approx \frac1N \sum_{i=1}^N
+  \big[\arg\max_k\, (f_i + v_i \odot e_i)_k \neq y_i\big]
+\end{aligned}
+$$
 
 This is the MPE-based leave-one-out estimate that Nickl et al. (2023) use to
 predict generalization during training, as the official code computes it
 (``lib/utils.py`` ``get_estimated_nll`` and ``examples/1_loo_iterations.py``
 of ``team-approx-bayes/memory-perturbation``: perturbed logits
-``logits + residuals * vars``, probabilities clamped at :math:`10^{-10}`).
+``logits + residuals * vars``, probabilities clamped at $10^{-10}$).
 The error rate is an extension: the papers report NLL.
 
-**Pitfall: the scale of** :math:`\sigma^2`. :math:`v_i` is linear in
-:math:`\sigma^2 = 1/(\lambda (h + \delta))`, so the estimate is only as
-good as IVON's :math:`h`. With the default ``beta2=0.99999``, :math:`h`
-moves from ``hess_init`` :math:`h_0` by about :math:`10^{-5}` of the way per
-step: for the first tens of thousands of steps :math:`\sigma^2` is set by
-:math:`h_0` and ``ess``, not by the data. Too small an :math:`h_0` (or
-``ess`` below the training-set size) inflates :math:`v_i` and the estimate
-overshoots the test NLL; too large an :math:`h_0` shrinks it to the training
-NLL. The MPE authors picked :math:`h_0 \in \{0.01, 0.05, 0.1, 0.5\}` per
+**Pitfall: the scale of** $\sigma^2$. $v_i$ is linear in
+$\sigma^2 = 1/(\lambda (h + \delta))$, so the estimate is only as
+good as IVON's $h$. With the default ``beta2=0.99999``, $h$
+moves from ``hess_init`` $h_0$ by about $10^{-5}$ of the way per
+step: for the first tens of thousands of steps $\sigma^2$ is set by
+$h_0$ and ``ess``, not by the data. Too small an $h_0$ (or
+``ess`` below the training-set size) inflates $v_i$ and the estimate
+overshoots the test NLL; too large an $h_0$ shrinks it to the training
+NLL. The MPE authors picked $h_0 \in \{0.01, 0.05, 0.1, 0.5\}$ per
 task. Use ``ess`` = the training-set size, and a ``beta2`` (e.g. 0.999)
-that lets :math:`h` reach the data's curvature within the run, or check
+that lets $h$ reach the data's curvature within the run, or check
 the estimate against a held-out set once before relying on it. A third
 remedy keeps the trained mean: run a few hundred IVON steps with
 ``learning_rate=0`` and ``beta2=0.99`` (full batches if affordable), which
-refresh :math:`h` at the mean without moving it. :func:`ivon_optax.diagnostics`
-shows whether :math:`h` has left ``hess_init``.
+refresh $h$ at the mean without moving it. [`ivon_optax.diagnostics`][]
+shows whether $h$ has left ``hess_init``.
 
-**Three estimators of the change.** :func:`loo_change` offers the paper's
-``"diagonal"`` :math:`v_i \odot e_i`, the full :math:`K \times K` block
-:math:`A_i e_i`, and the ``"leverage"`` correction
-:math:`(I - A_i \Lambda_i)^{-1} A_i e_i`, exact for ridge regression with the
-exact covariance. They cost the same Jacobians. :func:`leave_one_out`
-documents their measured accuracy.
+**Three estimators of the change.** [`loo_change`][ivon_optax.sensitivity.loo_change] offers the
+paper's ``"diagonal"`` $v_i \odot e_i$, the full $K \times K$ block
+$A_i e_i$, and the ``"leverage"`` correction
+$(I - A_i \Lambda_i)^{-1} A_i e_i$, exact for ridge regression with the
+exact covariance. They cost the same Jacobians.
+[`leave_one_out`][ivon_optax.sensitivity.leave_one_out] documents their measured accuracy.
 
 References:
-  Nickl, Xu, Tailor, Möllenhoff, Khan, `The Memory-Perturbation Equation:
-  Understanding Model's Sensitivity to Data <https://arxiv.org/abs/2310.19273>`_,
+  Nickl, Xu, Tailor, Möllenhoff, Khan, [The Memory-Perturbation Equation:
+  Understanding Model's Sensitivity to Data](https://arxiv.org/abs/2310.19273),
   NeurIPS 2023.
 """
 
@@ -82,7 +85,7 @@ class LOOEstimate(NamedTuple):
 
 
 def _nll_and_error(logits: chex.Array, labels: chex.Array, eps: float) -> tuple:
-  r"""Mean :math:`-\log \max(\mathrm{softmax}(f_i)_{y_i}, \epsilon)`, and the error rate."""
+  r"""Mean $-\log \max(\mathrm{softmax}(f_i)_{y_i}, \epsilon)$, and the error rate."""
   log_probs = jax.nn.log_softmax(logits, axis=-1)
   nll = -jnp.mean(jnp.maximum(label_log_probs(log_probs, labels), jnp.log(eps)))
   return nll, 1.0 - jnp.mean(predicts_label(logits, labels), dtype=nll.dtype)
@@ -91,11 +94,12 @@ def _nll_and_error(logits: chex.Array, labels: chex.Array, eps: float) -> tuple:
 def loo_from_change(
   logits: chex.Array, labels: chex.Array, change: chex.Array, *, eps: float = 1e-10
 ) -> LOOEstimate:
-  r"""Leave-one-out NLL and error from logits :math:`f_i` and their estimated change.
+  r"""Leave-one-out NLL and error from logits $f_i$ and their estimated change.
 
-  .. math::
-    \mathrm{LOO}_{\mathrm{NLL}}
-      = \frac1N \sum_i -\log \max(\mathrm{softmax}(f_i + \Delta f_i)_{y_i}, \epsilon)
+  $$
+  \mathrm{LOO}_{\mathrm{NLL}}
+    = \frac1N \sum_i -\log \max(\mathrm{softmax}(f_i + \Delta f_i)_{y_i}, \epsilon)
+  $$
 
   Examples:
     >>> import jax.numpy as jnp, ivon_optax
@@ -108,12 +112,13 @@ def loo_from_change(
   Args:
     logits: ``(n, k)`` logits at the mean.
     labels: ``(n,)`` integer labels in ``[0, k)``.
-    change: ``(n, k)`` estimated change :math:`\Delta f_i = v_i \odot e_i`
-      (:attr:`ivon_optax.sensitivity.Sensitivity.change`).
+    change: ``(n, k)`` estimated change $\Delta f_i = v_i \odot e_i$
+      ([`ivon_optax.sensitivity.Sensitivity.change`][]).
     eps: the floor on the probabilities inside the log.
 
   Returns:
-    A :class:`LOOEstimate`; all NaN under ``jit`` if a label is invalid.
+    A [`LOOEstimate`][ivon_optax.sensitivity.LOOEstimate]; all NaN under ``jit`` if a label is
+    invalid.
   """
   if jnp.ndim(logits) != 2 or jnp.shape(change) != jnp.shape(logits):
     raise ValueError(
@@ -147,24 +152,27 @@ def loo_change(
   *,
   method: LOOMethod = "leverage",
 ) -> chex.Array:
-  r"""Estimated change of each example's outputs when it is left out, :math:`\Delta f_i`.
+  r"""Estimated change of each example's outputs when it is left out, $\Delta f_i$.
 
-  From the prediction covariance :math:`A_i = J_i \Sigma J_i^\top`, the
-  prediction error :math:`e_i = \nabla_f \ell_i` and the loss curvature
-  :math:`\Lambda_i = \nabla_f^2 \ell_i` at the mean:
+  From the prediction covariance $A_i = J_i \Sigma J_i^\top$, the
+  prediction error $e_i = \nabla_f \ell_i$ and the loss curvature
+  $\Lambda_i = \nabla_f^2 \ell_i$ at the mean:
 
-  .. math::
-    \texttt{"diagonal"}:&\quad \Delta f_i = \operatorname{diag}(A_i) \odot e_i \\
-    \texttt{"block"}:&\quad \Delta f_i = A_i\, e_i \\
-    \texttt{"leverage"}:&\quad \Delta f_i = (I - A_i \Lambda_i)^{-1} A_i\, e_i
+  $$
+  \begin{aligned}
+  \texttt{"diagonal"}:&\quad \Delta f_i = \operatorname{diag}(A_i) \odot e_i \\
+  \texttt{"block"}:&\quad \Delta f_i = A_i\, e_i \\
+  \texttt{"leverage"}:&\quad \Delta f_i = (I - A_i \Lambda_i)^{-1} A_i\, e_i
+  \end{aligned}
+  $$
 
   ``"block"`` is the Newton step of the training objective without example
-  :math:`i`, taken with the posterior covariance :math:`\Sigma` of the
-  objective *with* it; ``"leverage"`` corrects :math:`\Sigma` for the removal
-  (Woodbury: :math:`J_i (\Sigma^{-1} - J_i^\top \Lambda_i J_i)^{-1} J_i^\top
-  = (I - A_i \Lambda_i)^{-1} A_i`). For a Gaussian likelihood and the exact
+  $i$, taken with the posterior covariance $\Sigma$ of the
+  objective *with* it; ``"leverage"`` corrects $\Sigma$ for the removal
+  (Woodbury: $J_i (\Sigma^{-1} - J_i^\top \Lambda_i J_i)^{-1} J_i^\top
+  = (I - A_i \Lambda_i)^{-1} A_i$). For a Gaussian likelihood and the exact
   posterior covariance, ``"leverage"`` is exact leave-one-out
-  (:math:`r_i / (1 - H_{ii})` of ridge regression). ``"diagonal"`` is the
+  ($r_i / (1 - H_{ii})$ of ridge regression). ``"diagonal"`` is the
   memory-perturbation paper's estimate (Nickl et al., 2023).
 
   Examples:
@@ -175,16 +183,16 @@ def loo_change(
     Array([[1.]], dtype=float32)
 
   Args:
-    covariance: ``(n, k, k)`` prediction covariances :math:`A_i`
-      (:func:`ivon_optax.sensitivity.prediction_covariance`, or
-      :math:`J_i \Sigma J_i^\top` for any posterior covariance :math:`\Sigma`).
-    error: ``(n, k)`` prediction errors :math:`e_i`.
-    curvature: ``(n, k, k)`` loss Hessians :math:`\Lambda_i` in the outputs
+    covariance: ``(n, k, k)`` prediction covariances $A_i$
+      ([`ivon_optax.sensitivity.prediction_covariance`][], or
+      $J_i \Sigma J_i^\top$ for any posterior covariance $\Sigma$).
+    error: ``(n, k)`` prediction errors $e_i$.
+    curvature: ``(n, k, k)`` loss Hessians $\Lambda_i$ in the outputs
       (only ``"leverage"`` reads them).
     method: ``"diagonal"``, ``"block"`` or ``"leverage"``.
 
   Returns:
-    ``(n, k)`` changes :math:`\Delta f_i`.
+    ``(n, k)`` changes $\Delta f_i$.
   """
   _check_method(method)
   if jnp.ndim(error) != 2 or jnp.shape(covariance) != (*jnp.shape(error), jnp.shape(error)[-1]):
@@ -210,10 +218,11 @@ def loo_change(
 def softmax_error_and_curvature(logits: chex.Array, labels: chex.Array) -> tuple:
   r"""The softmax cross-entropy's gradient and Hessian in the logits.
 
-  .. math::
-    e_i = p_i - \mathrm{onehot}(y_i), \qquad
-    \Lambda_i = \operatorname{diag}(p_i) - p_i p_i^\top,
-    \qquad p_i = \mathrm{softmax}(f_i)
+  $$
+  e_i = p_i - \mathrm{onehot}(y_i), \qquad
+  \Lambda_i = \operatorname{diag}(p_i) - p_i p_i^\top,
+  \qquad p_i = \mathrm{softmax}(f_i)
+  $$
 
   Examples:
     >>> import jax.numpy as jnp, ivon_optax
@@ -224,12 +233,12 @@ def softmax_error_and_curvature(logits: chex.Array, labels: chex.Array) -> tuple
            [-0.25,  0.25]], dtype=float32))
 
   Args:
-    logits: ``(n, k)`` logits :math:`f_i`.
+    logits: ``(n, k)`` logits $f_i$.
     labels: ``(n,)`` integer labels in ``[0, k)`` (not checked here).
 
   Returns:
     ``(error, curvature)`` of shapes ``(n, k)`` and ``(n, k, k)``, the inputs
-    of :func:`loo_change`.
+    of [`loo_change`][ivon_optax.sensitivity.loo_change].
   """
   probs = jax.nn.softmax(logits, axis=-1)
   curvature = jax.vmap(jnp.diag)(probs) - probs[:, :, None] * probs[:, None, :]
@@ -253,12 +262,13 @@ def leave_one_out(
 ) -> LOOEstimate:
   r"""Leave-one-out NLL and error of a classifier, from its IVON posterior and training data.
 
-  One jitted pass over the training data computes the logits :math:`f_i`,
-  their covariance :math:`A_i = J_i \operatorname{diag}(\sigma^2) J_i^\top`
-  under IVON's diagonal posterior, the change :math:`\Delta f_i` of
-  :func:`loo_change` for ``method``, and then :func:`loo_from_change`. Call it
-  after every epoch to track generalization or to stop early; the pass
-  compiles once for a given ``apply_fn`` object and input shapes.
+  One jitted pass over the training data computes the logits $f_i$,
+  their covariance $A_i = J_i \operatorname{diag}(\sigma^2) J_i^\top$
+  under IVON's diagonal posterior, the change $\Delta f_i$ of
+  [`loo_change`][ivon_optax.sensitivity.loo_change] for ``method``, and then
+  [`loo_from_change`][ivon_optax.sensitivity.loo_from_change]. Call it after every epoch to track
+  generalization or to stop early; the pass compiles once for a given ``apply_fn`` object and input
+  shapes.
 
   *Accuracy* against exact leave-one-out (300 refits) of convex logistic
   regression on 300 digits, exact LOO NLL 0.2145 (``python
@@ -270,7 +280,7 @@ def leave_one_out(
   exact diagonal precision      1.70x       1.70x    2.66x
   exact full covariance         1.97x       0.63x    1.01x
   IVON, ``beta2=0.999``         1.60x       1.60x    1.22x
-  IVON + refreshed :math:`h`    0.92x       0.92x    3.12x
+  IVON + refreshed $h$    0.92x       0.92x    3.12x
   ============================  ==========  =======  ==========
 
   (IVON rows: mean of 5 seeds; the seed spread is large, see the docs.)
@@ -278,18 +288,18 @@ def leave_one_out(
   memory-perturbation paper's estimate) is the most accurate and the most
   stable; ``"block"`` equals it for a model linear in its params and differs
   little otherwise. ``"leverage"`` needs the full covariance: a diagonal
-  :math:`\sigma^2` overstates :math:`A_i` for correlated inputs, the correction
-  :math:`(I - A_i \Lambda_i)^{-1}` then amplifies the error and, where an
-  eigenvalue of :math:`A_i \Lambda_i` reaches 1, flips its sign. Use it with
-  :func:`loo_change` and :math:`A_i = J_i \Sigma J_i^\top` from a full
+  $\sigma^2$ overstates $A_i$ for correlated inputs, the correction
+  $(I - A_i \Lambda_i)^{-1}$ then amplifies the error and, where an
+  eigenvalue of $A_i \Lambda_i$ reaches 1, flips its sign. Use it with
+  [`loo_change`][ivon_optax.sensitivity.loo_change] and $A_i = J_i \Sigma J_i^\top$ from a full
   covariance, where it is within 1% of exact leave-one-out. On a digits MLP
   that fits its training set (train NLL 0.003) every method stays far below
   10-fold cross-validation (0.04x to 0.3x): the estimate is first order in
-  :math:`e_i`, which vanishes once the data are memorized.
+  $e_i$, which vanishes once the data are memorized.
 
-  All three are only as good as IVON's :math:`h` (:math:`\sigma^2 = 1/(\lambda
-  (h + \delta))`): while :math:`h` is still near ``hess_init``
-  (:func:`ivon_optax.diagnostics`, ``hess_at_init``), the estimate is set by
+  All three are only as good as IVON's $h$ ($\sigma^2 = 1/(\lambda
+  (h + \delta))$): while $h$ is still near ``hess_init``
+  ([`ivon_optax.diagnostics`][], ``hess_at_init``), the estimate is set by
   ``hess_init``, not by the data.
 
   Examples:
@@ -305,29 +315,32 @@ def leave_one_out(
 
     During training, e.g. to stop early on the estimate (measured against a
     held-out set, it stopped late in every overfitting run of the docs'
-    selection study, so prefer a held-out set where there is one)::
+    selection study, so prefer a held-out set where there is one):
 
-      best = float("inf")
-      for epoch in range(num_epochs):
-        params, state = train_one_epoch(params, state)
-        estimate = ivon_optax.sensitivity.leave_one_out(apply_fn, state, params, x_train, y_train)
-        if estimate.nll < best:
-          best, best_params = estimate.nll, params
+    ```python
+    best = float("inf")
+    for epoch in range(num_epochs):
+      params, state = train_one_epoch(params, state)
+      estimate = ivon_optax.sensitivity.leave_one_out(apply_fn, state, params, x_train, y_train)
+      if estimate.nll < best:
+        best, best_params = estimate.nll, params
+    ```
 
   Args:
     apply_fn: ``apply_fn(params, inputs) -> logits`` on a batch (a static
       argument: pass the same function object each epoch).
-    state: an optax state containing the :class:`ivon_optax.IVONState`.
-    params: the mean :math:`m`.
+    state: an optax state containing the [`ivon_optax.IVONState`][].
+    params: the mean $m$.
     inputs: training inputs with a leading batch axis.
     labels: ``(n,)`` integer labels in ``[0, classes)``.
-    method: ``"diagonal"`` (default), ``"block"`` or ``"leverage"`` (:func:`loo_change`).
-      The last two hold ``(n, classes, classes)`` covariance blocks in memory.
+    method: ``"diagonal"`` (default), ``"block"`` or ``"leverage"``
+      ([`loo_change`][ivon_optax.sensitivity.loo_change]). The last two hold ``(n, classes,
+      classes)`` covariance blocks in memory.
     chunk_size: examples per vectorized Jacobian chunk (memory bound).
     eps: the floor on the probabilities inside the log.
 
   Returns:
-    A :class:`LOOEstimate` of scalars.
+    A [`LOOEstimate`][ivon_optax.sensitivity.LOOEstimate] of scalars.
   """
   _check_method(method)
   _check_batch("labels", labels, _num_examples(inputs))

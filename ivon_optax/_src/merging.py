@@ -1,39 +1,41 @@
 r"""Merging models fine-tuned from a common base, weighted by IVON's posterior precision.
 
-With a base :math:`\theta_0` and models :math:`\theta_t`, :math:`t = 1..T`,
+With a base $\theta_0$ and models $\theta_t$, $t = 1..T$,
 fine-tuned from it on different data, uncertainty-based gradient matching
 (Daheim et al., 2024) merges them elementwise as
 
-.. math::
-  \theta_{\text{merged}} &= \theta_0 + \sum_{t=1}^T \alpha_t\,
-    \frac{H_0 + H_t}{\bar H}\, (\theta_t - \theta_0), \\
-  \bar H &= H_0 + \sum_{s=1}^T \alpha_s H_s,
+$$
+\begin{aligned}
+\theta_{\text{merged}} &= \theta_0 + \sum_{t=1}^T \alpha_t\,
+  \frac{H_0 + H_t}{\bar H}\, (\theta_t - \theta_0), \\
+\bar H &= H_0 + \sum_{s=1}^T \alpha_s H_s,
+\end{aligned}
+$$
 
-where :math:`H_t` is model :math:`t`'s (diagonal) precision, :math:`H_0` the
-base's, and :math:`\alpha_t` are task scales. It reduces the mismatch of the
+where $H_t$ is model $t$'s (diagonal) precision, $H_0$ the
+base's, and $\alpha_t$ are task scales. It reduces the mismatch of the
 tasks' gradients that plain weighted averaging ignores. IVON gives
-:math:`H_t = \lambda_t (h_t + \delta_t) = 1/\sigma_t^2` for free
-(:func:`ivon_optax.posterior_precision`). Special cases:
+$H_t = \lambda_t (h_t + \delta_t) = 1/\sigma_t^2$ for free
+([`ivon_optax.posterior_precision`][]). Special cases:
 
-* one task with :math:`\alpha_1 = 1` returns :math:`\theta_1`;
-* :math:`H_0 \gg H_t`: task arithmetic,
-  :math:`\theta_0 + \sum_t \alpha_t (\theta_t - \theta_0)`;
-* :math:`H_0 \to 0`, any shared :math:`\alpha`: the precision-weighted
-  (Fisher-style) average :math:`\sum_t H_t \theta_t / \sum_s H_s`, and with
-  equal :math:`H_t` the plain average.
+* one task with $\alpha_1 = 1$ returns $\theta_1$;
+* $H_0 \gg H_t$: task arithmetic,
+  $\theta_0 + \sum_t \alpha_t (\theta_t - \theta_0)$;
+* $H_0 \to 0$, any shared $\alpha$: the precision-weighted
+  (Fisher-style) average $\sum_t H_t \theta_t / \sum_s H_s$, and with
+  equal $H_t$ the plain average.
 
 References:
-  Daheim, Möllenhoff, Ponti, Gurevych, Khan, `Model Merging by
-  Uncertainty-Based Gradient Matching <https://arxiv.org/abs/2310.12808>`_,
+  Daheim, Möllenhoff, Ponti, Gurevych, Khan, [Model Merging by
+  Uncertainty-Based Gradient Matching](https://arxiv.org/abs/2310.12808),
   ICLR 2024 (the uncertainty-based gradient-matching merge; checked against
   the official code, ``code/uncertainty_based_gradient_matching.py`` of
   ``UKPLab/iclr2024-model-merging``, which computes the same rule with one
-  shared scale, ``delta_0`` added to :math:`H_0`, and optional per-task
-  factors inside :math:`\bar H`).
+  shared scale, ``delta_0`` added to $H_0$, and optional per-task
+  factors inside $\bar H$).
 
-  Shen et al., `Variational Learning is Effective for Large Deep Networks
-  <https://arxiv.org/abs/2402.17641>`_, ICML 2024 (merging with IVON's
-  Hessian).
+  Shen et al., [Variational Learning is Effective for Large Deep
+  Networks](https://arxiv.org/abs/2402.17641), ICML 2024 (merging with IVON's Hessian).
 """
 
 from collections.abc import Sequence
@@ -94,16 +96,17 @@ def merge_with_precisions(
   base_precision: chex.Numeric | optax.Params = 0.0,
   delta_0: chex.Numeric = 1e-12,
 ) -> optax.Params:
-  r"""Uncertainty-based merge from explicit precisions :math:`H_t`.
+  r"""Uncertainty-based merge from explicit precisions $H_t$.
 
-  .. math::
-    \theta_{\text{merged}} = \theta_0 + \sum_t \alpha_t
-      \frac{H_0 + H_t}{H_0 + \sum_s \alpha_s H_s} (\theta_t - \theta_0),
-    \qquad H_0 = \text{base\_precision} + \delta_0
+  $$
+  \theta_{\text{merged}} = \theta_0 + \sum_t \alpha_t
+    \frac{H_0 + H_t}{H_0 + \sum_s \alpha_s H_s} (\theta_t - \theta_0),
+  \qquad H_0 = \text{base\_precision} + \delta_0
+  $$
 
   (Daheim et al., 2024, the uncertainty-based merge.) Use it with precisions that are not IVON's,
   e.g. squared gradients (a diagonal Fisher) after AdamW; with IVON models
-  use :func:`merge_models`.
+  use [`merge_models`][ivon_optax.merging.merge_models].
 
   Examples:
     >>> import jax.numpy as jnp, ivon_optax
@@ -114,22 +117,22 @@ def merge_with_precisions(
     Array([2. , 1.5], dtype=float32)
 
   Args:
-    base_params: :math:`\theta_0`, the common starting point.
-    finetuned_params: the :math:`T` fine-tuned models :math:`\theta_t`.
-    precisions: their diagonal precisions :math:`H_t` (>= 0), like the params.
-    task_scales: :math:`\alpha_t \ge 0`: one shared scale (the official
+    base_params: $\theta_0$, the common starting point.
+    finetuned_params: the $T$ fine-tuned models $\theta_t$.
+    precisions: their diagonal precisions $H_t$ (>= 0), like the params.
+    task_scales: $\alpha_t \ge 0$: one shared scale (the official
       code's choice) or one per task. Typical: 0.5 to 1. Negative scales are
-      refused: they can make :math:`\bar H` zero or negative, where the rule
+      refused: they can make $\bar H$ zero or negative, where the rule
       gives infinities or flips signs (subtract a task with
-      :func:`task_arithmetic`).
+      [`task_arithmetic`][ivon_optax.merging.task_arithmetic]).
     base_precision: the base's precision (>= 0), a scalar or a pytree like
       the params (0 when unknown).
-    delta_0: :math:`\delta_0` (>= 0; > 0 keeps the ratio defined where every
-      precision is 0), added to :math:`H_0`.
+    delta_0: $\delta_0$ (>= 0; > 0 keeps the ratio defined where every
+      precision is 0), added to $H_0$.
 
   Returns:
     The merged params, in ``base_params``' dtypes. Under ``jit``, a negative
-    or NaN scale, precision or :math:`\delta_0` makes every entry NaN.
+    or NaN scale, precision or $\delta_0$ makes every entry NaN.
   """
   if len(finetuned_params) == 0 or len(finetuned_params) != len(precisions):
     raise ValueError(
@@ -197,16 +200,17 @@ def merge_models(
 ) -> optax.Params:
   r"""Merges IVON-trained models fine-tuned from ``base_params``, weighted by their precision.
 
-  .. math::
-    \theta_{\text{merged}} = \theta_0 + \sum_t \alpha_t
-      \frac{H_0 + H_t}{H_0 + \sum_s \alpha_s H_s} (\theta_t - \theta_0),
-    \qquad H_t = \lambda_t (h_t + \delta_t)
+  $$
+  \theta_{\text{merged}} = \theta_0 + \sum_t \alpha_t
+    \frac{H_0 + H_t}{H_0 + \sum_s \alpha_s H_s} (\theta_t - \theta_0),
+  \qquad H_t = \lambda_t (h_t + \delta_t)
+  $$
 
   (Daheim et al., 2024, with IVON's precision as in Shen et al., 2024.)
-  :math:`H_t` is read from each model's optimizer state
-  (:func:`ivon_optax.posterior_precision`); :math:`H_0` is the base's IVON precision when
+  $H_t$ is read from each model's optimizer state
+  ([`ivon_optax.posterior_precision`][]); $H_0$ is the base's IVON precision when
   ``base_state`` is given, else ``base_precision``, else 0, plus
-  :math:`\delta_0`.
+  $\delta_0$.
 
   Examples:
     >>> import jax.numpy as jnp, ivon_optax
@@ -218,16 +222,16 @@ def merge_models(
     Array([ 1., -1.], dtype=float32)
 
   Args:
-    base_params: :math:`\theta_0`.
+    base_params: $\theta_0$.
     finetuned: ``(params, opt_state)`` per task; each ``opt_state`` must
       contain the IVON state of that fine-tuning run.
-    task_scales: :math:`\alpha_t \ge 0`: one shared scale or one per task
-      (see :func:`merge_with_precisions`).
+    task_scales: $\alpha_t \ge 0$: one shared scale or one per task
+      (see [`merge_with_precisions`][ivon_optax.merging.merge_with_precisions]).
     base_state: the base model's IVON optimizer state, if it was trained
-      with IVON; gives :math:`H_0`.
-    base_precision: :math:`H_0` as a scalar or pytree, when there is no
+      with IVON; gives $H_0$.
+    base_precision: $H_0$ as a scalar or pytree, when there is no
       ``base_state`` (e.g. a prior precision). Not both.
-    delta_0: :math:`\delta_0 > 0` added to :math:`H_0` (the official code's
+    delta_0: $\delta_0 > 0$ added to $H_0$ (the official code's
       ``delta_0``).
 
   Returns:
@@ -261,10 +265,10 @@ def task_arithmetic(
   *,
   task_scales: TaskScales = 1.0,
 ) -> optax.Params:
-  r"""Task arithmetic :math:`\theta_0 + \sum_t \alpha_t (\theta_t - \theta_0)`.
+  r"""Task arithmetic $\theta_0 + \sum_t \alpha_t (\theta_t - \theta_0)$.
 
   The baseline the uncertainty-based merge improves on; with
-  :math:`\alpha_t = 1/T` it is the plain average of the models.
+  $\alpha_t = 1/T$ it is the plain average of the models.
 
   Examples:
     >>> import jax.numpy as jnp, ivon_optax
@@ -274,9 +278,9 @@ def task_arithmetic(
     Array([2.], dtype=float32)
 
   Args:
-    base_params: :math:`\theta_0`.
-    finetuned_params: the fine-tuned models :math:`\theta_t`.
-    task_scales: :math:`\alpha_t`, shared or one per task; negative scales
+    base_params: $\theta_0$.
+    finetuned_params: the fine-tuned models $\theta_t$.
+    task_scales: $\alpha_t$, shared or one per task; negative scales
       subtract a task.
 
   Returns:

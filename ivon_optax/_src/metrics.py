@@ -4,14 +4,14 @@ Conventions shared by every function here:
 
 * predictions are **normalized log probabilities** ``log_probs`` of shape
   ``(..., num_classes)`` (``jax.nn.log_softmax(logits)`` at the mean, or
-  :func:`ivon_optax.predict.predictive_log_probs` for the Bayesian average);
+  [`ivon_optax.predict.predictive_log_probs`][] for the Bayesian average);
 * ``labels`` are integer class indices in ``[0, num_classes)`` of shape
   ``log_probs.shape[:-1]``;
 * scalar metrics are means over all examples; logs are natural (nats).
 
-For out-of-distribution detection, :func:`auroc` and :func:`ood_auroc` rank
-examples by a score, higher meaning "more likely out-of-distribution", e.g.
-:func:`predictive_entropy`.
+For out-of-distribution detection, [`auroc`][ivon_optax.metrics.auroc] and
+[`ood_auroc`][ivon_optax.metrics.ood_auroc] rank examples by a score, higher meaning "more likely
+out-of-distribution", e.g. [`predictive_entropy`][ivon_optax.metrics.predictive_entropy].
 
 **Invalid values.** A label outside ``[0, num_classes)``, a row of
 ``log_probs`` that is not normalized (its ``logsumexp`` is not 0, e.g. logits
@@ -33,7 +33,7 @@ from ivon_optax._src.checks import require
 
 
 def check_labels(labels: chex.Array, num_classes: int, name: str = "labels") -> chex.Array:
-  r"""Elementwise validity of class indices, :math:`0 \le y < K`; raises on concrete ones."""
+  r"""Elementwise validity of class indices, $0 \le y < K$; raises on concrete ones."""
   if not jnp.issubdtype(jnp.result_type(labels), jnp.integer):
     raise TypeError(
       f"`{name}` must hold integer class indices, got dtype {jnp.result_type(labels)}; "
@@ -57,7 +57,7 @@ def _check_class_axis(log_probs: chex.Array) -> None:
 
 
 def _normalized_rows(log_probs: chex.Array) -> chex.Array:
-  r"""Which rows are normalized: :math:`|\mathrm{logsumexp}_k \log p_k| \le \sqrt{\epsilon}`.
+  r"""Which rows are normalized: $|\mathrm{logsumexp}_k \log p_k| \le \sqrt{\epsilon}$.
 
   The tolerance is the square root of the dtype's machine epsilon (3e-4 in
   float32): round-off of ``log_softmax`` stays far below it, while logits or
@@ -107,7 +107,7 @@ def predicts_label(log_probs: chex.Array, labels: chex.Array) -> chex.Array:
 
 
 def label_log_probs(log_probs: chex.Array, labels: chex.Array) -> chex.Array:
-  r""":math:`\log p_i(y_i)`, the log probability of each example's label."""
+  r"""$\log p_i(y_i)$, the log probability of each example's label."""
   return jnp.take_along_axis(log_probs, jnp.asarray(labels)[..., None], axis=-1)[..., 0]
 
 
@@ -132,7 +132,7 @@ def accuracy(log_probs: chex.Array, labels: chex.Array) -> chex.Array:
 
 
 def negative_log_likelihood(log_probs: chex.Array, labels: chex.Array) -> chex.Array:
-  r"""The mean negative log probability of the labels, :math:`-\tfrac1N \sum_i \log p_i(y_i)`.
+  r"""The mean negative log probability of the labels, $-\tfrac1N \sum_i \log p_i(y_i)$.
 
   Equals scikit-learn's ``log_loss`` on ``exp(log_probs)``, without its
   clipping of probabilities.
@@ -156,7 +156,7 @@ def negative_log_likelihood(log_probs: chex.Array, labels: chex.Array) -> chex.A
 
 
 def brier_score(log_probs: chex.Array, labels: chex.Array) -> chex.Array:
-  r"""The multi-class Brier score :math:`\tfrac1N \sum_i \sum_k (p_{ik} - [y_i = k])^2`.
+  r"""The multi-class Brier score $\tfrac1N \sum_i \sum_k (p_{ik} - [y_i = k])^2$.
 
   This is Brier's (1950) original sum over all classes, in [0, 2]. For two
   classes it is twice scikit-learn's binary ``brier_score_loss``, which
@@ -195,8 +195,8 @@ def calibration_bins(
 ) -> CalibrationBins:
   r"""Confidence and accuracy in equal-width confidence bins.
 
-  The confidence of example :math:`i` is :math:`c_i = \max_k p_{ik}`; bin
-  :math:`b = 1..B` holds the examples with :math:`c_i \in ((b-1)/B,\ b/B]`
+  The confidence of example $i$ is $c_i = \max_k p_{ik}$; bin
+  $b = 1..B$ holds the examples with $c_i \in ((b-1)/B,\ b/B]$
   (Guo et al., 2017). Plot ``accuracy`` against the bin centres for a
   reliability diagram.
 
@@ -212,11 +212,11 @@ def calibration_bins(
   Args:
     log_probs: normalized log probabilities, ``(..., num_classes)``.
     labels: integer labels in ``[0, num_classes)``, ``log_probs.shape[:-1]``.
-    num_bins: :math:`B`, the number of equal-width bins on [0, 1] (an integer).
+    num_bins: $B$, the number of equal-width bins on [0, 1] (an integer).
 
   Returns:
-    A :class:`CalibrationBins`. Under ``jit``, invalid input makes its
-    ``accuracy`` and ``confidence`` NaN.
+    A [`CalibrationBins`][ivon_optax.metrics.CalibrationBins]. Under ``jit``, invalid input makes
+    its ``accuracy`` and ``confidence`` NaN.
   """
   num_bins = check_count("num_bins", num_bins, fix="Use e.g. num_bins=15.")
   valid = _check_predictions(log_probs, labels)
@@ -240,11 +240,11 @@ def calibration_bins(
 def expected_calibration_error(
   log_probs: chex.Array, labels: chex.Array, num_bins: int = 15
 ) -> chex.Array:
-  r"""Expected calibration error, :math:`\sum_b \tfrac{n_b}{N} |\mathrm{acc}_b - \mathrm{conf}_b|`.
+  r"""Expected calibration error, $\sum_b \tfrac{n_b}{N} |\mathrm{acc}_b - \mathrm{conf}_b|$.
 
   The standard absolute-gap ECE (Naeini et al., 2015; Guo et al., 2017) over
-  the equal-width bins of :func:`calibration_bins`: confidence is the top-class
-  probability, 15 bins by default.
+  the equal-width bins of [`calibration_bins`][ivon_optax.metrics.calibration_bins]: confidence is
+  the top-class probability, 15 bins by default.
 
   Examples:
     >>> import jax.numpy as jnp, ivon_optax
@@ -267,10 +267,10 @@ def expected_calibration_error(
 
 
 def predictive_entropy(log_probs: chex.Array) -> chex.Array:
-  r"""The entropy :math:`H_i = -\sum_k p_{ik} \log p_{ik}` of each predictive distribution.
+  r"""The entropy $H_i = -\sum_k p_{ik} \log p_{ik}$ of each predictive distribution.
 
-  In nats, in :math:`[0, \log K]`; classes with :math:`p_{ik} = 0` contribute 0.
-  Pass the Bayesian average (:func:`ivon_optax.predict.predictive_log_probs`) for the
+  In nats, in $[0, \log K]$; classes with $p_{ik} = 0$ contribute 0.
+  Pass the Bayesian average ([`ivon_optax.predict.predictive_log_probs`][]) for the
   total uncertainty used to flag out-of-distribution inputs.
 
   Examples:
@@ -295,13 +295,14 @@ def auroc(scores: chex.Array, labels: chex.Array) -> chex.Array:
   r"""Area under the ROC curve of ``scores`` for telling positives (``labels`` true) from negatives.
 
   Computed exactly from ranks (the Mann-Whitney statistic): with
-  :math:`n_+` positives and :math:`n_-` negatives,
+  $n_+$ positives and $n_-$ negatives,
 
-  .. math::
-    \mathrm{AUROC} = \frac{\sum_{i:\,y_i=1} r_i - n_+ (n_+ + 1)/2}{n_+ n_-}
-      = P(s_+ > s_-) + \tfrac12 P(s_+ = s_-),
+  $$
+  \mathrm{AUROC} = \frac{\sum_{i:\,y_i=1} r_i - n_+ (n_+ + 1)/2}{n_+ n_-}
+    = P(s_+ > s_-) + \tfrac12 P(s_+ = s_-),
+  $$
 
-  where :math:`r_i` is the rank of :math:`s_i` among all scores and tied
+  where $r_i$ is the rank of $s_i$ among all scores and tied
   scores share their average rank. Equals scikit-learn's ``roc_auc_score``;
   1 means every positive scores higher than every negative, 0.5 is chance.
   Like scikit-learn, it refuses NaN scores, labels other than 0/1 and a
@@ -359,7 +360,7 @@ def auroc(scores: chex.Array, labels: chex.Array) -> chex.Array:
 def ood_auroc(in_scores: chex.Array, out_scores: chex.Array) -> chex.Array:
   """AUROC of a score for flagging out-of-distribution inputs.
 
-  The out-of-distribution examples are the positives of :func:`auroc`: 1
+  The out-of-distribution examples are the positives of [`auroc`][ivon_optax.metrics.auroc]: 1
   means every out-of-distribution input scores higher than every
   in-distribution one.
 

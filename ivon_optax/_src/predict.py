@@ -1,25 +1,25 @@
 r"""Prediction with IVON's posterior: many weight samples, one averaged prediction.
 
-IVON learns :math:`q(\theta) = \mathcal{N}(m, \sigma^2)`. Predicting at the mean
-:math:`m` is the model as is. The Bayesian prediction averages the model over
-weight samples :math:`\theta_s \sim q`:
+IVON learns $q(\theta) = \mathcal{N}(m, \sigma^2)$. Predicting at the mean
+$m$ is the model as is. The Bayesian prediction averages the model over
+weight samples $\theta_s \sim q$:
 
-* :func:`sample_outputs` runs any ``apply_fn(params, *inputs)`` at :math:`S`
-  samples and stacks the outputs on a leading axis;
-* :func:`predictive_log_probs` turns stacked classifier logits into the log of
-  the model-averaged predictive distribution;
-* :func:`predictive_moments` turns stacked regression outputs into the
-  predictive mean and variance, split into aleatoric and epistemic parts.
+* [`sample_outputs`][ivon_optax.predict.sample_outputs] runs any ``apply_fn(params, *inputs)`` at
+  $S$ samples and stacks the outputs on a leading axis;
+* [`predictive_log_probs`][ivon_optax.predict.predictive_log_probs] turns stacked classifier logits
+  into the log of the model-averaged predictive distribution;
+* [`predictive_moments`][ivon_optax.predict.predictive_moments] turns stacked regression outputs
+  into the predictive mean and variance, split into aleatoric and epistemic parts.
 
 The paper (Shen et al., ICML 2024) reports "Bayes" results with 64 samples.
 
 **Variance convention.** Every variance over weight samples in ivon_optax
-(:func:`predictive_moments`, :func:`ivon_optax.sensitivity.sampled_prediction_variance`)
-divides by :math:`S`, not :math:`S - 1`: it is the variance of the
-:math:`S`-sample mixture that the prediction averages, so that total =
+([`predictive_moments`][ivon_optax.predict.predictive_moments],
+[`ivon_optax.sensitivity.sampled_prediction_variance`][]) divides by $S$, not $S - 1$: it is the
+variance of the $S$-sample mixture that the prediction averages, so that total =
 aleatoric + epistemic holds exactly, and the plug-in estimate of
-:math:`\mathrm{Var}_{\theta \sim q}`, low by the factor :math:`(S-1)/S` (1.6% at
-:math:`S = 64`), far inside its Monte-Carlo error :math:`\sqrt{2/S}` (18%).
+$\mathrm{Var}_{\theta \sim q}$, low by the factor $(S-1)/S$ (1.6% at
+$S = 64$), far inside its Monte-Carlo error $\sqrt{2/S}$ (18%).
 """
 
 from collections.abc import Callable
@@ -47,17 +47,17 @@ def sample_outputs(
   num_samples: int,
   batch_size: int | None = None,
 ) -> Any:
-  r"""The model's outputs at :math:`S` weight samples, stacked on a leading axis.
+  r"""The model's outputs at $S$ weight samples, stacked on a leading axis.
 
-  With the keys :math:`k_1, \dots, k_S` = ``jax.random.split(key, S)``, output
-  :math:`s` is ``apply_fn(theta_s, *inputs)`` at
-  :math:`\theta_s = m + \sigma \odot \epsilon_s`, the sample that
+  With the keys $k_1, \dots, k_S$ = ``jax.random.split(key, S)``, output
+  $s$ is ``apply_fn(theta_s, *inputs)`` at
+  $\theta_s = m + \sigma \odot \epsilon_s$, the sample that
   ``ivon_optax.sample_params(k_s, state, params)`` draws.
 
   Samples are evaluated in parallel with ``jax.vmap``, which holds all
-  :math:`S` weight copies and activations at once. With ``batch_size``, they
+  $S$ weight copies and activations at once. With ``batch_size``, they
   are evaluated ``batch_size`` at a time (``jax.lax.map``, each chunk
-  vmapped), so memory is bounded by ``batch_size`` samples whatever :math:`S`.
+  vmapped), so memory is bounded by ``batch_size`` samples whatever $S$.
   Wrap the call in ``jax.jit``.
 
   Examples:
@@ -75,16 +75,16 @@ def sample_outputs(
     key: a JAX PRNG key; split into one key per sample.
     apply_fn: ``apply_fn(params, *inputs)``, any jittable function of the
       params (a pytree output is fine). For Flax models see
-      :mod:`ivon_optax.flax`.
-    state: an optax state containing exactly one :class:`IVONState`.
+      [`ivon_optax.flax`][].
+    state: an optax state containing exactly one [`IVONState`][ivon_optax.IVONState].
     params: the mean parameters the state was created for.
     *inputs: the remaining arguments of ``apply_fn``, shared by all samples.
-    num_samples: :math:`S \ge 1`, the number of weight samples (an integer).
+    num_samples: $S \ge 1$, the number of weight samples (an integer).
     batch_size: how many samples to evaluate at once; ``None`` evaluates all
-      :math:`S` at once. Need not divide :math:`S`.
+      $S$ at once. Need not divide $S$.
 
   Returns:
-    ``apply_fn``'s output with a leading axis of size :math:`S` on every leaf.
+    ``apply_fn``'s output with a leading axis of size $S$ on every leaf.
   """
   check_key(key)
   num_samples = check_count("num_samples", num_samples, fix="Use e.g. num_samples=64.")
@@ -104,7 +104,7 @@ def sample_outputs(
 
 
 def _check_sample_axis(name: str, value: chex.Array, axis: int) -> int:
-  """Returns :math:`S`, the size of the sample axis; raises if there is none or it is empty."""
+  """Returns $S$, the size of the sample axis; raises if there is none or it is empty."""
   if jnp.ndim(value) < 1 or not -jnp.ndim(value) <= axis < jnp.ndim(value):
     raise ValueError(
       f"`{name}` with shape {jnp.shape(value)} has no sample axis {axis}: pass "
@@ -122,12 +122,13 @@ def _check_sample_axis(name: str, value: chex.Array, axis: int) -> int:
 def variance_from_sums(
   deviation_sum: chex.Array, squared_sum: chex.Array, num_samples: int
 ) -> chex.Array:
-  r"""The variance of :math:`S` values from their deviations :math:`d_s` from any reference.
+  r"""The variance of $S$ values from their deviations $d_s$ from any reference.
 
-  .. math::
-    \widehat{\mathrm{Var}} = \frac1S \sum_s d_s^2 - \Big(\frac1S \sum_s d_s\Big)^2
+  $$
+  \widehat{\mathrm{Var}} = \frac1S \sum_s d_s^2 - \Big(\frac1S \sum_s d_s\Big)^2
+  $$
 
-  The package's one variance over weight samples (divided by :math:`S`, see
+  The package's one variance over weight samples (divided by $S$, see
   the module docstring). With the reference near the mean the correction
   term is small and the formula is accurate (the corrected two-pass
   algorithm); a streaming caller passes the running sums.
@@ -138,9 +139,10 @@ def variance_from_sums(
 def predictive_log_probs(logits: chex.Array, axis: int = 0) -> chex.Array:
   r"""Log probabilities of the Bayesian model average of a classifier.
 
-  .. math::
-    \log \bar p(y \mid x) = \log \tfrac1S \textstyle\sum_s \mathrm{softmax}(f_{\theta_s}(x))_y
-      = \mathrm{logsumexp}_s \big(\log\mathrm{softmax}(f_{\theta_s}(x))\big)_y - \log S
+  $$
+  \log \bar p(y \mid x) = \log \tfrac1S \textstyle\sum_s \mathrm{softmax}(f_{\theta_s}(x))_y
+    = \mathrm{logsumexp}_s \big(\log\mathrm{softmax}(f_{\theta_s}(x))\big)_y - \log S
+  $$
 
   computed in log space, so that confident samples do not underflow.
 
@@ -182,18 +184,19 @@ def predictive_moments(
 ) -> PredictiveMoments:
   r"""Predictive mean and variance of a regression model averaged over weight samples.
 
-  For samples :math:`s = 1..S` predicting :math:`y \sim \mathcal{N}(\mu_s, \nu_s^2)`,
+  For samples $s = 1..S$ predicting $y \sim \mathcal{N}(\mu_s, \nu_s^2)$,
   the predictive distribution is the equal-weight mixture, with
 
-  .. math::
-    \bar\mu = \tfrac1S \textstyle\sum_s \mu_s, \qquad
-    \mathrm{Var}[y] = \underbrace{\tfrac1S \textstyle\sum_s \nu_s^2}_{\text{aleatoric}}
-      + \underbrace{\tfrac1S \textstyle\sum_s (\mu_s - \bar\mu)^2}_{\text{epistemic}}.
+  $$
+  \bar\mu = \tfrac1S \textstyle\sum_s \mu_s, \qquad
+  \mathrm{Var}[y] = \underbrace{\tfrac1S \textstyle\sum_s \nu_s^2}_{\text{aleatoric}}
+    + \underbrace{\tfrac1S \textstyle\sum_s (\mu_s - \bar\mu)^2}_{\text{epistemic}}.
+  $$
 
-  The epistemic part divides by :math:`S` (not :math:`S - 1`), as every
+  The epistemic part divides by $S$ (not $S - 1$), as every
   variance over samples in ivon_optax does: it is the mixture's variance, so
   that the two parts add up to the mixture's total exactly, and it equals
-  :func:`ivon_optax.sensitivity.sampled_prediction_variance` of the same
+  [`ivon_optax.sensitivity.sampled_prediction_variance`][] of the same
   samples.
 
   Examples:
@@ -207,15 +210,15 @@ def predictive_moments(
     (Array([1.], dtype=float32), Array([2.], dtype=float32))
 
   Args:
-    means: predicted means :math:`\mu_s`, stacked on ``axis``.
-    stds: predicted noise standard deviations :math:`\nu_s` (>= 0), like
+    means: predicted means $\mu_s$, stacked on ``axis``.
+    stds: predicted noise standard deviations $\nu_s$ (>= 0), like
       ``means``, for a model that outputs its noise scale; ``None`` for a model
       that predicts the mean only (the aleatoric part is then 0).
     axis: the sample axis.
 
   Returns:
-    A :class:`PredictiveMoments`; each field has ``means``'s shape without the
-    sample axis. Under ``jit``, a negative or NaN ``stds`` entry makes its
+    A [`PredictiveMoments`][ivon_optax.predict.PredictiveMoments]; each field has ``means``'s shape
+    without the sample axis. Under ``jit``, a negative or NaN ``stds`` entry makes its
     ``aleatoric`` and ``variance`` NaN.
   """
   num_samples = _check_sample_axis("means", means, axis)

@@ -1,17 +1,18 @@
-r"""A diagonal Gaussian prior :math:`\mathcal{N}(\mu_0, 1/(\lambda \delta))` per weight.
+r"""A diagonal Gaussian prior $\mathcal{N}(\mu_0, 1/(\lambda \delta))$ per weight.
 
-IVON's default prior is :math:`\mathcal{N}(0, 1/(\lambda \delta))` with one
-:math:`\delta` (``weight_decay``) per leaf. A :class:`GaussianPrior` moves its
-centre to :math:`\mu_0` and lets :math:`\delta` vary per element. The loss gains
-:math:`\tfrac{\delta}{2} \|\theta - \mu_0\|^2` per example, so only the mean's
+IVON's default prior is $\mathcal{N}(0, 1/(\lambda \delta))$ with one
+$\delta$ (``weight_decay``) per leaf. A [`GaussianPrior`][ivon_optax.GaussianPrior] moves its
+centre to $\mu_0$ and lets $\delta$ vary per element. The loss gains
+$\tfrac{\delta}{2} \|\theta - \mu_0\|^2$ per example, so only the mean's
 step changes:
 
-.. math::
-  u = (h_0 + \delta) \odot \mathrm{clip}\!\left(
-    \frac{\bar g / (1 - \beta_1^t) + \delta \odot (m - \mu_0)}{h + \delta}, -c, c\right)
+$$
+u = (h_0 + \delta) \odot \mathrm{clip}\!\left(
+  \frac{\bar g / (1 - \beta_1^t) + \delta \odot (m - \mu_0)}{h + \delta}, -c, c\right)
+$$
 
-:func:`posterior_as_prior` turns one run's posterior into the next run's prior
-(continual learning, fine-tuning that remembers where it started).
+[`posterior_as_prior`][ivon_optax.posterior_as_prior] turns one run's posterior into the next run's
+prior (continual learning, fine-tuning that remembers where it started).
 """
 
 from typing import Any
@@ -27,10 +28,10 @@ from ivon_optax._src import trees as _trees
 
 
 class GaussianPrior(NamedTuple):
-  r"""The prior :math:`\mathcal{N}(\mu_0, 1/(\lambda \delta))`, for ``ivon(..., prior=)``.
+  r"""The prior $\mathcal{N}(\mu_0, 1/(\lambda \delta))$, for ``ivon(..., prior=)``.
 
   The precision is per example, in ``weight_decay``'s units: with effective
-  sample size :math:`\lambda` the prior's precision is :math:`\lambda \delta`,
+  sample size $\lambda$ the prior's precision is $\lambda \delta$,
   and ``GaussianPrior(mean=zeros, precision=wd)`` is ``weight_decay=wd``.
 
   Examples:
@@ -43,9 +44,9 @@ class GaussianPrior(NamedTuple):
     Array([1., 1., 1.], dtype=float32)
 
   Attributes:
-    mean: :math:`\mu_0`, a pytree like the params; ``None`` for a prior centred
+    mean: $\mu_0$, a pytree like the params; ``None`` for a prior centred
       at zero (then the state holds no copy of it).
-    precision: :math:`\delta \ge 0`, finite: a scalar, or a pytree like the
+    precision: $\delta \ge 0$, finite: a scalar, or a pytree like the
       params of scalars (one per leaf) or arrays of the param's shape (one
       per element).
   """
@@ -104,7 +105,7 @@ def _precision_tree(precision, params):
 
 
 def check_prior_type(prior) -> None:
-  """Raises a ``TypeError`` unless ``prior`` is a :class:`GaussianPrior`."""
+  """Raises a ``TypeError`` unless ``prior`` is a [`GaussianPrior`][ivon_optax.GaussianPrior]."""
   if not isinstance(prior, GaussianPrior):
     raise TypeError(
       f"`prior` must be an ivon_optax.GaussianPrior(mean, precision), got {type(prior).__name__}."
@@ -115,18 +116,18 @@ def prior_buffers(prior: GaussianPrior, keep, params, dtype_of):
   r"""The state's ``(weight_decay, prior_mean)`` for ``prior``.
 
   Args:
-    prior: the :class:`GaussianPrior`.
+    prior: the [`GaussianPrior`][ivon_optax.GaussianPrior].
     keep: one scalar per param leaf, 1 where the prior applies and 0 where
-      ``weight_decay_mask`` turns it off (:math:`\delta = 0`: no pull).
+      ``weight_decay_mask`` turns it off ($\delta = 0$: no pull).
     params: the params (``MaskedNode`` at positions IVON does not manage).
     dtype_of: the state dtype of a param.
 
   Returns:
-    :math:`\delta` per leaf (scalar or array) and :math:`\mu_0` like the
+    $\delta$ per leaf (scalar or array) and $\mu_0$ like the
     params in the state dtype, or ``()`` when ``prior.mean`` is ``None``.
 
   Raises:
-    TypeError: if ``prior`` is not a :class:`GaussianPrior`.
+    TypeError: if ``prior`` is not a [`GaussianPrior`][ivon_optax.GaussianPrior].
     ValueError: if its trees are unlike ``params`` or the precision is
       negative or not finite.
   """
@@ -148,12 +149,13 @@ def posterior_as_prior(
 ) -> GaussianPrior:
   r"""IVON's posterior as the prior of a next run with effective sample size ``ess``.
 
-  The posterior :math:`\mathcal{N}(m, 1/(\lambda_1 (h + \delta)))` is carried
-  over exactly: the next run's prior is :math:`\mathcal{N}(\mu_0,
-  1/(\lambda_2 \delta_2))` with
+  The posterior $\mathcal{N}(m, 1/(\lambda_1 (h + \delta)))$ is carried
+  over exactly: the next run's prior is $\mathcal{N}(\mu_0,
+  1/(\lambda_2 \delta_2))$ with
 
-  .. math::
-    \mu_0 = m, \qquad \delta_2 = \lambda_1 (h + \delta) / \lambda_2 .
+  $$
+  \mu_0 = m, \qquad \delta_2 = \lambda_1 (h + \delta) / \lambda_2 .
+  $$
 
   Leaves that IVON does not manage get precision 0.
 
@@ -167,12 +169,12 @@ def posterior_as_prior(
     >>> tx = ivon_optax.ivon(0.1, ess=50.0, prior=prior)  # the next task's optimizer
 
   Args:
-    state: an optax state containing exactly one :class:`ivon_optax.IVONState`.
-    params: the posterior mean :math:`m`, the params that state was trained with.
-    ess: :math:`\lambda_2` (> 0), the next run's effective sample size.
+    state: an optax state containing exactly one [`ivon_optax.IVONState`][].
+    params: the posterior mean $m$, the params that state was trained with.
+    ess: $\lambda_2$ (> 0), the next run's effective sample size.
 
   Returns:
-    A :class:`GaussianPrior` with ``mean=params`` and per-element precision.
+    A [`GaussianPrior`][ivon_optax.GaussianPrior] with ``mean=params`` and per-element precision.
   """
   # Imported here: sampling imports the transform, which imports this module.
   from ivon_optax._src.sampling import posterior_precision

@@ -1,15 +1,15 @@
 r"""Several Monte-Carlo weight samples per step.
 
-IVON's step needs, over the :math:`S` samples of a step, the mean gradient
-:math:`\tfrac1S\sum_s g_s` and one Hessian statistic: :math:`\tfrac1S\sum_s
-\text{noise}_s \odot g_s` (``hess_approx='price'``) or :math:`\tfrac1S\sum_s
-g_s^2` (``'gradsq'``). A :class:`SampleAverage` holds them. Build it
+IVON's step needs, over the $S$ samples of a step, the mean gradient
+$\tfrac1S\sum_s g_s$ and one Hessian statistic: $\tfrac1S\sum_s
+\text{noise}_s \odot g_s$ (``hess_approx='price'``) or $\tfrac1S\sum_s
+g_s^2$ (``'gradsq'``). A [`SampleAverage`][ivon_optax.SampleAverage] holds them. Build it
 
 * **in parallel**, from gradients and noise stacked on a leading sample axis
-  (``jax.vmap`` over keys), with :func:`average_samples`; or
+  (``jax.vmap`` over keys), with [`average_samples`][ivon_optax.average_samples]; or
 * **in sequence**, one sample (or micro-batch) at a time, with
-  :func:`init_sample_average` and :func:`add_sample`, holding one sample in
-  memory at a time.
+  [`init_sample_average`][ivon_optax.init_sample_average] and [`add_sample`][ivon_optax.add_sample],
+  holding one sample in memory at a time.
 
 Both give the same averages; pass them as
 ``tx.update(average.grads, state, params, samples=average)``. A step with one
@@ -42,17 +42,17 @@ class SampleAverage(NamedTuple):
 def init_sample_average(
   params: optax.Params, hess_approx: HessApprox = "price", dtype: Any | None = None
 ) -> SampleAverage:
-  """An empty :class:`SampleAverage` for ``params``.
+  """An empty [`SampleAverage`][ivon_optax.SampleAverage] for ``params``.
 
   Args:
     params: the model's (mean) parameters.
-    hess_approx: the ``hess_approx`` given to :func:`ivon_optax.ivon`; only
+    hess_approx: the ``hess_approx`` given to [`ivon_optax.ivon`][]; only
       the statistic it needs is allocated.
     dtype: accumulator dtype; by default the param's dtype promoted to at
       least float32.
 
   Returns:
-    A :class:`SampleAverage` with ``count = 0`` and zero means.
+    A [`SampleAverage`][ivon_optax.SampleAverage] with ``count = 0`` and zero means.
   """
   check_hess_approx(hess_approx)
   zeros = lambda: _trees.map_unmasked(
@@ -69,17 +69,17 @@ def init_sample_average(
 def add_sample(average: SampleAverage, grads: optax.Updates, noise: optax.Updates) -> SampleAverage:
   r"""Adds one sample's gradient to the running means.
 
-  Each mean is updated as :math:`\mu \leftarrow \mu + (x - \mu) / n`.
+  Each mean is updated as $\mu \leftarrow \mu + (x - \mu) / n$.
   Per-sample gradient transforms (e.g. clipping each micro-batch's gradient,
   as in the paper's GPT-2 runs) belong before this call.
 
   Args:
-    average: the running :class:`SampleAverage`.
+    average: the running [`SampleAverage`][ivon_optax.SampleAverage].
     grads: the loss gradient at ``params + noise``.
-    noise: the noise returned by :func:`ivon_optax.sample_params`.
+    noise: the noise returned by [`ivon_optax.sample_params`][].
 
   Returns:
-    The updated :class:`SampleAverage`.
+    The updated [`SampleAverage`][ivon_optax.SampleAverage].
   """
   fix = "Pass the gradient and noise of one weight sample of these params."
   _trees.check_like_params("grads", grads, average.grads, fix)
@@ -109,7 +109,7 @@ def average_samples(
   hess_approx: HessApprox = "price",
   dtype: Any | None = None,
 ) -> SampleAverage:
-  """The :class:`SampleAverage` of samples stacked on a leading axis.
+  """The [`SampleAverage`][ivon_optax.SampleAverage] of samples stacked on a leading axis.
 
   Examples:
     >>> import jax, jax.numpy as jnp, optax, ivon_optax
@@ -129,11 +129,11 @@ def average_samples(
   Args:
     grads: gradients with a leading sample axis of size S.
     noise: the matching noise, same structure and shapes.
-    hess_approx: the ``hess_approx`` given to :func:`ivon_optax.ivon`.
+    hess_approx: the ``hess_approx`` given to [`ivon_optax.ivon`][].
     dtype: accumulator dtype; by default at least float32.
 
   Returns:
-    A :class:`SampleAverage` with ``count = S``.
+    A [`SampleAverage`][ivon_optax.SampleAverage] with ``count = S``.
   """
   check_hess_approx(hess_approx)
   _trees.check_like_params(

@@ -1,8 +1,8 @@
-r"""Drawing weights from IVON's posterior :math:`\mathcal{N}(m, \sigma^2)`.
+r"""Drawing weights from IVON's posterior $\mathcal{N}(m, \sigma^2)$.
 
-The functions here take the optimizer state, find the :class:`IVONState` in it
+The functions here take the optimizer state, find the [`IVONState`][ivon_optax.IVONState] in it
 (inside ``chain``, ``inject_hyperparams``, ``MultiSteps``, ``masked``,
-``partition``, ...) and read :math:`\sigma = 1/\sqrt{\lambda (h + \delta)}`
+``partition``, ...) and read $\sigma = 1/\sqrt{\lambda (h + \delta)}$
 from it. Leaves IVON does not manage (masked out, with full or prefix masks,
 or integer and boolean leaves) get zero noise.
 """
@@ -25,7 +25,7 @@ Sampler = Callable[[chex.PRNGKey, Any, Any], chex.Array]
 
 
 def find_ivon_state(state: optax.OptState) -> IVONState:
-  """The single :class:`IVONState` inside any optax state.
+  """The single [`IVONState`][ivon_optax.IVONState] inside any optax state.
 
   Raises:
     ValueError: if ``state`` holds no IVON state, or more than one.
@@ -45,7 +45,7 @@ def find_ivon_state(state: optax.OptState) -> IVONState:
 
 
 def _aligned_state(state: optax.OptState, params: optax.Params) -> IVONState:
-  """The :class:`IVONState` in ``state``, its per-parameter trees lined up with ``params``.
+  """The `IVONState` in ``state``, its per-parameter trees lined up with ``params``.
 
   Prefix masks of ``optax.masked``/``optax.partition`` leave one ``MaskedNode``
   for a whole subtree; it is expanded here.
@@ -68,7 +68,7 @@ def _precision(ivon_state: IVONState, hess, weight_decay):
 
 
 def posterior_precision(state: optax.OptState, params: optax.Params) -> optax.Params:
-  r"""IVON's posterior precision :math:`\lambda (h + \delta) = 1/\sigma^2`, like ``params``.
+  r"""IVON's posterior precision $\lambda (h + \delta) = 1/\sigma^2$, like ``params``.
 
   Leaves that IVON does not manage (masked out, or integer and boolean
   leaves) get precision 0 (no information).
@@ -81,7 +81,7 @@ def posterior_precision(state: optax.OptState, params: optax.Params) -> optax.Pa
     Array([5., 5.], dtype=float32)
 
   Args:
-    state: an optax state containing exactly one :class:`ivon_optax.IVONState`.
+    state: an optax state containing exactly one [`ivon_optax.IVONState`][].
     params: the params that state was created for.
 
   Returns:
@@ -100,7 +100,7 @@ def posterior_precision(state: optax.OptState, params: optax.Params) -> optax.Pa
 
 
 def posterior_std(state: optax.OptState, params: optax.Params) -> optax.Params:
-  r"""The posterior standard deviation :math:`\sigma = 1/\sqrt{\lambda (h + \delta)}`.
+  r"""The posterior standard deviation $\sigma = 1/\sqrt{\lambda (h + \delta)}$.
 
   Leaves that IVON does not manage get 0. Each leaf has its param's shape and
   IVON's state dtype (float32 at least).
@@ -120,9 +120,9 @@ def posterior_std(state: optax.OptState, params: optax.Params) -> optax.Params:
 
 
 def posterior(state: optax.OptState, params: optax.Params) -> tuple[optax.Params, optax.Params]:
-  r"""IVON's posterior :math:`\mathcal{N}(m, \sigma^2)` as ``(mean, std)`` pytrees.
+  r"""IVON's posterior $\mathcal{N}(m, \sigma^2)$ as ``(mean, std)`` pytrees.
 
-  ``mean`` is ``params``; ``std`` is :func:`posterior_std`.
+  ``mean`` is ``params``; ``std`` is [`posterior_std`][ivon_optax.posterior_std].
   """
   return params, posterior_std(state, params)
 
@@ -134,9 +134,9 @@ def sample_params(
   *,
   sampler: Sampler = counter_normal,
 ) -> tuple[optax.Params, optax.Params]:
-  r"""Draws one weight sample :math:`\theta = m + \sigma \odot \epsilon`.
+  r"""Draws one weight sample $\theta = m + \sigma \odot \epsilon$.
 
-  :math:`\epsilon \sim \mathcal{N}(0, I)`.
+  $\epsilon \sim \mathcal{N}(0, I)$.
 
   Examples:
     >>> import jax, jax.numpy as jnp, ivon_optax
@@ -149,11 +149,11 @@ def sample_params(
   Args:
     key: a JAX PRNG key (typed or legacy ``uint32``). Derive a fresh one per
       step, e.g. ``jax.random.fold_in(base_key, step)``.
-    state: an optax state containing exactly one :class:`IVONState`.
+    state: an optax state containing exactly one [`IVONState`][ivon_optax.IVONState].
     params: the mean parameters.
     sampler: draws standard normals, ``sampler(key, shape, dtype)``; by default
-      :func:`ivon_optax._src.counter_normal.counter_normal`, a counter-based hash that is
-      several times faster than ``jax.random.normal`` on CPU. Pass
+      [`ivon_optax._src.counter_normal.counter_normal`][ivon_optax.random.counter_normal], a
+      counter-based hash that is several times faster than ``jax.random.normal`` on CPU. Pass
       ``sampler=jax.random.normal`` for JAX's own generator.
 
   Returns:

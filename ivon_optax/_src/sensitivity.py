@@ -1,51 +1,55 @@
 r"""How much each training example matters: memory-perturbation estimates.
 
-IVON's posterior :math:`\mathcal{N}(m, \sigma^2)` is the posterior of the
-*summed* training loss :math:`\sum_i \ell_i(\theta)` plus the prior. Removing
-example :math:`i` perturbs it; the memory-perturbation equation (MPE) of
+IVON's posterior $\mathcal{N}(m, \sigma^2)$ is the posterior of the
+*summed* training loss $\sum_i \ell_i(\theta)$ plus the prior. Removing
+example $i$ perturbs it; the memory-perturbation equation (MPE) of
 Nickl et al. (2023) estimates the effect without retraining. At the mean
-:math:`m`, with outputs :math:`f_i = f(x_i; m)` and per-example Jacobian
-:math:`J_i = \partial f_i / \partial\theta`:
+$m$, with outputs $f_i = f(x_i; m)$ and per-example Jacobian
+$J_i = \partial f_i / \partial\theta$:
 
-.. math::
-  e_i &= \nabla_{f}\, \ell_i = \mathrm{softmax}(f_i) - \mathrm{onehot}(y_i)
-    &&\text{(prediction error)} \\
-  v_{ik} &= \textstyle\sum_p J_{ikp}^2\, \sigma_p^2
-    &&\text{(prediction variance, the diagonal of } J_i \operatorname{diag}(\sigma^2) J_i^\top) \\
-  f_i(m^{\setminus i}) - f_i(m) &\approx v_i \odot e_i
-    &&\text{(change of the prediction when } i \text{ is removed)} \\
-  s_i &= \textstyle\sum_k \left|\lambda_{ik}\, e_{ik}\, v_{ik}\right|,
-    \quad \lambda_{ik} = p_{ik}(1 - p_{ik})
-    &&\text{(sensitivity score)}
+$$
+\begin{aligned}
+e_i &= \nabla_{f}\, \ell_i = \mathrm{softmax}(f_i) - \mathrm{onehot}(y_i)
+  &&\text{(prediction error)} \\
+v_{ik} &= \textstyle\sum_p J_{ikp}^2\, \sigma_p^2
+  &&\text{(prediction variance, the diagonal of } J_i \operatorname{diag}(\sigma^2) J_i^\top) \\
+f_i(m^{\setminus i}) - f_i(m) &\approx v_i \odot e_i
+  &&\text{(change of the prediction when } i \text{ is removed)} \\
+s_i &= \textstyle\sum_k \left|\lambda_{ik}\, e_{ik}\, v_{ik}\right|,
+  \quad \lambda_{ik} = p_{ik}(1 - p_{ik})
+  &&\text{(sensitivity score)}
+\end{aligned}
+$$
 
 The equation implemented is the MPE's estimate of the change of the
-predictions under a Gaussian posterior, :math:`f_i(m^{\setminus i}) - f_i(m)
-\approx v_i \odot e_i` (the GLM form, applied to the network linearized at
-:math:`m`), with the diagonal :math:`v_i` and the score :math:`s_i` as the
+predictions under a Gaussian posterior, $f_i(m^{\setminus i}) - f_i(m)
+\approx v_i \odot e_i$ (the GLM form, applied to the network linearized at
+$m$), with the diagonal $v_i$ and the score $s_i$ as the
 official code computes them: ``lib/variances.py`` ``get_pred_vars_optim``,
 ``lib/utils.py`` ``softmax_hessian`` and
 ``examples/3_validation_sensitivities.py`` of
 ``team-approx-bayes/memory-perturbation``. (That code also clamps
-:math:`|e_{ik}|` into :math:`[10^{-10}, 1 - 10^{-10}]`, which changes
-nothing measurable; it is omitted here.) :math:`\lambda_{ik}\, e_{ik}\,
-v_{ik}` is the first-order change of the class-:math:`k` probability, so
-:math:`s_i` estimates the L1 change of example :math:`i`'s predicted
+$|e_{ik}|$ into $[10^{-10}, 1 - 10^{-10}]$, which changes
+nothing measurable; it is omitted here.) $\lambda_{ik}\, e_{ik}\,
+v_{ik}$ is the first-order change of the class-$k$ probability, so
+$s_i$ estimates the L1 change of example $i$'s predicted
 probabilities. Removing a group of examples sums their terms (cross terms
 are ignored).
 
 The prediction variance comes from the diagonal posterior and per-example
-Jacobians (:func:`prediction_variance`, the paper's choice, :math:`K`
-backward passes per example) or from posterior samples
-(:func:`sampled_prediction_variance`, :math:`S` forward passes).
+Jacobians ([`prediction_variance`][ivon_optax.sensitivity.prediction_variance], the paper's choice,
+$K$ backward passes per example) or from posterior samples
+([`sampled_prediction_variance`][ivon_optax.sensitivity.sampled_prediction_variance], $S$ forward
+passes).
 
 References:
-  Nickl, Xu, Tailor, Möllenhoff, Khan, `The Memory-Perturbation Equation:
-  Understanding Model's Sensitivity to Data <https://arxiv.org/abs/2310.19273>`_,
+  Nickl, Xu, Tailor, Möllenhoff, Khan, [The Memory-Perturbation Equation:
+  Understanding Model's Sensitivity to Data](https://arxiv.org/abs/2310.19273),
   NeurIPS 2023.
 
-  Shen et al., `Variational Learning is Effective for Large Deep Networks
-  <https://arxiv.org/abs/2402.17641>`_, ICML 2024 (sensitivity to training
-  data with IVON's posterior).
+  Shen et al., [Variational Learning is Effective for Large Deep
+  Networks](https://arxiv.org/abs/2402.17641), ICML 2024 (sensitivity to training data with IVON's
+  posterior).
 """
 
 import functools
@@ -116,7 +120,7 @@ def _example_output_fn(apply_fn: ApplyFn):
 
 
 def _jacobian_variance(jacobian, variance_params, output_ndim: int) -> jax.Array:
-  r""":math:`\sum_p J_{kp}^2 \sigma_p^2` over all leaves, for one example."""
+  r"""$\sum_p J_{kp}^2 \sigma_p^2$ over all leaves, for one example."""
 
   def leaf_variance(jac, sigma_squared):
     param_axes = tuple(range(output_ndim, jnp.ndim(jac)))
@@ -135,13 +139,13 @@ def prediction_variance(
   *,
   chunk_size: int = 32,
 ) -> tuple[chex.Array, chex.Array]:
-  r"""Outputs and their linearized variance :math:`v_{ik} = \sum_p J_{ikp}^2 \sigma_p^2`.
+  r"""Outputs and their linearized variance $v_{ik} = \sum_p J_{ikp}^2 \sigma_p^2$.
 
   Per-example Jacobians come from ``jax.jacrev`` (one backward pass per
   output), ``vmap``-ed over ``chunk_size`` examples at a time by
   ``lax.map``: memory is about ``chunk_size * outputs * params`` floats,
   whatever the number of examples. Only the diagonal of
-  :math:`J_i \operatorname{diag}(\sigma^2) J_i^\top` is formed.
+  $J_i \operatorname{diag}(\sigma^2) J_i^\top$ is formed.
 
   Examples:
     >>> import jax.numpy as jnp, ivon_optax
@@ -156,9 +160,9 @@ def prediction_variance(
   Args:
     apply_fn: ``apply_fn(params, inputs) -> outputs`` on a batch. Pass the
       same function object every call (it is a static argument of ``jit``).
-    params: the mean :math:`m`.
-    std: the posterior standard deviation :math:`\sigma`, like ``params``
-      (e.g. :func:`ivon_optax.posterior_std`).
+    params: the mean $m$.
+    std: the posterior standard deviation $\sigma$, like ``params``
+      (e.g. [`ivon_optax.posterior_std`][]).
     inputs: an array, or pytree of arrays, with a leading batch axis.
     chunk_size: examples per vectorized Jacobian chunk.
 
@@ -179,7 +183,7 @@ def prediction_variance(
 
 
 def _jacobian_covariance(jacobian, variance_params, output_ndim: int) -> jax.Array:
-  r""":math:`J \operatorname{diag}(\sigma^2) J^\top` summed over all leaves, for one example."""
+  r"""$J \operatorname{diag}(\sigma^2) J^\top$ summed over all leaves, for one example."""
 
   def leaf_covariance(jac, sigma_squared):
     num_outputs = math.prod(jnp.shape(jac)[:output_ndim])
@@ -199,11 +203,11 @@ def prediction_covariance(
   *,
   chunk_size: int = 32,
 ) -> tuple[chex.Array, chex.Array]:
-  r"""Outputs and their linearized covariance :math:`A_i = J_i \mathrm{diag}(\sigma^2) J_i^\top`.
+  r"""Outputs and their linearized covariance $A_i = J_i \mathrm{diag}(\sigma^2) J_i^\top$.
 
-  The full :math:`K \times K` block of each example, from the same
-  per-example Jacobians as :func:`prediction_variance` (whose result is its
-  diagonal) and at the same cost; memory adds ``n * K * K`` floats for the
+  The full $K \times K$ block of each example, from the same
+  per-example Jacobians as [`prediction_variance`][ivon_optax.sensitivity.prediction_variance]
+  (whose result is its diagonal) and at the same cost; memory adds ``n * K * K`` floats for the
   result. Outputs are flattened to ``K`` values per example.
 
   Examples:
@@ -219,8 +223,8 @@ def prediction_covariance(
 
   Args:
     apply_fn: ``apply_fn(params, inputs) -> outputs`` on a batch (static).
-    params: the mean :math:`m`.
-    std: the posterior standard deviation :math:`\sigma`, like ``params``.
+    params: the mean $m$.
+    std: the posterior standard deviation $\sigma$, like ``params``.
     inputs: an array, or pytree of arrays, with a leading batch axis.
     chunk_size: examples per vectorized Jacobian chunk.
 
@@ -257,36 +261,37 @@ def sampled_prediction_variance(
   num_samples: int = 64,
   chunk_size: int = 256,
 ) -> chex.Array:
-  r"""Monte-Carlo prediction variance :math:`\widehat{\mathrm{Var}}_{\theta \sim q}[f_i(\theta)]`.
+  r"""Monte-Carlo prediction variance $\widehat{\mathrm{Var}}_{\theta \sim q}[f_i(\theta)]$.
 
-  .. math::
-    \hat v_i = \frac{1}{S} \sum_{s=1}^S \big(f_i(\theta_s) - \bar f_i\big)^2,
-    \qquad \theta_s = m + \sigma \odot \epsilon_s
+  $$
+  \hat v_i = \frac{1}{S} \sum_{s=1}^S \big(f_i(\theta_s) - \bar f_i\big)^2,
+  \qquad \theta_s = m + \sigma \odot \epsilon_s
+  $$
 
-  It divides by :math:`S`, as every variance over samples in ivon_optax does
-  (one shared formula, see :mod:`ivon_optax.predict`): it is the epistemic part of
-  :func:`ivon_optax.predict.predictive_moments` of the same samples, the
-  variance of the :math:`S`-sample mixture. As an estimate of
-  :math:`\mathrm{Var}_q[f_i]` it is low by the factor :math:`(S-1)/S`
-  (1.6% at :math:`S = 64`), far inside its Monte-Carlo error below.
+  It divides by $S$, as every variance over samples in ivon_optax does
+  (one shared formula, see [`ivon_optax.predict`][]): it is the epistemic part of
+  [`ivon_optax.predict.predictive_moments`][] of the same samples, the
+  variance of the $S$-sample mixture. As an estimate of
+  $\mathrm{Var}_q[f_i]$ it is low by the factor $(S-1)/S$
+  (1.6% at $S = 64$), far inside its Monte-Carlo error below.
 
-  A cheaper alternative to :func:`prediction_variance` when the number of
-  outputs or params is large: :math:`S` forward passes instead of one
-  backward pass per output. Deviations are taken from :math:`f_i(m)` and
+  A cheaper alternative to [`prediction_variance`][ivon_optax.sensitivity.prediction_variance] when
+  the number of outputs or params is large: $S$ forward passes instead of one
+  backward pass per output. Deviations are taken from $f_i(m)$ and
   accumulated in a ``lax.scan``, so memory holds one weight sample and the
   outputs of ``chunk_size`` examples at a time, plus the ``(n, k)`` sums.
 
-  *Bias.* For a model linear in :math:`\theta` it estimates the
-  Jacobian form :math:`v_i` up to that factor (the posterior is diagonal, so
-  :math:`\mathrm{Var}[J_i\theta] = \sum_p J_{ip}^2\sigma_p^2` exactly). For a
+  *Bias.* For a model linear in $\theta$ it estimates the
+  Jacobian form $v_i$ up to that factor (the posterior is diagonal, so
+  $\mathrm{Var}[J_i\theta] = \sum_p J_{ip}^2\sigma_p^2$ exactly). For a
   network it estimates the variance of the network itself, which departs
-  from the linearized :math:`v_i` by terms of order :math:`\sigma^4` times the
-  curvature of :math:`f`, either way: saturating units shrink it (on the
-  digits MLP of ``examples/sensitivity.py``, with :math:`S = 64`, the median
-  ratio to the linearized :math:`v_i` is 0.81, and the rankings of the
+  from the linearized $v_i$ by terms of order $\sigma^4$ times the
+  curvature of $f$, either way: saturating units shrink it (on the
+  digits MLP of ``examples/sensitivity.py``, with $S = 64$, the median
+  ratio to the linearized $v_i$ is 0.81, and the rankings of the
   scores agree, Spearman 0.999). *Variance.* For
-  Gaussian :math:`f_i(\theta)` the relative standard deviation is about
-  :math:`\sqrt{2/S}` (18% at :math:`S = 64`), per
+  Gaussian $f_i(\theta)$ the relative standard deviation is about
+  $\sqrt{2/S}$ (18% at $S = 64$), per
   example and output; rankings of whole datasets are much more stable than
   that, single values are not.
 
@@ -303,10 +308,10 @@ def sampled_prediction_variance(
   Args:
     key: a JAX PRNG key.
     apply_fn: ``apply_fn(params, inputs) -> outputs`` on a batch (static).
-    state: an optax state containing the :class:`ivon_optax.IVONState`.
-    params: the mean :math:`m`.
+    state: an optax state containing the [`ivon_optax.IVONState`][].
+    params: the mean $m$.
     inputs: an array, or pytree of arrays, with a leading batch axis.
-    num_samples: :math:`S \geq 2` weight samples (an integer).
+    num_samples: $S \geq 2$ weight samples (an integer).
     chunk_size: examples per forward pass (an integer).
 
   Returns:
@@ -337,13 +342,14 @@ def softmax_sensitivity(
 ) -> Sensitivity:
   r"""Memory-perturbation estimates of a softmax classifier from its logits and variances.
 
-  .. math::
-    e_i = p_i - \mathrm{onehot}(y_i), \quad
-    \Delta f_i = v_i \odot e_i, \quad
-    s_i = \textstyle\sum_k |\lambda_{ik} e_{ik} v_{ik}|, \quad
-    \lambda_{ik} = \mathrm{clip}(p_{ik}(1 - p_{ik}), \epsilon, 1 - \epsilon)
+  $$
+  e_i = p_i - \mathrm{onehot}(y_i), \quad
+  \Delta f_i = v_i \odot e_i, \quad
+  s_i = \textstyle\sum_k |\lambda_{ik} e_{ik} v_{ik}|, \quad
+  \lambda_{ik} = \mathrm{clip}(p_{ik}(1 - p_{ik}), \epsilon, 1 - \epsilon)
+  $$
 
-  with :math:`p_i = \mathrm{softmax}(f_i)`. The clip follows the official
+  with $p_i = \mathrm{softmax}(f_i)$. The clip follows the official
   code's ``softmax_hessian``.
 
   Examples:
@@ -356,14 +362,14 @@ def softmax_sensitivity(
     Array([0.25], dtype=float32)
 
   Args:
-    logits: ``(n, k)`` logits :math:`f_i` at the mean.
+    logits: ``(n, k)`` logits $f_i$ at the mean.
     labels: ``(n,)`` integer labels in ``[0, k)``.
-    variance: ``(n, k)`` prediction variances :math:`v_i`.
-    eps: clip of the softmax curvature :math:`\lambda`.
+    variance: ``(n, k)`` prediction variances $v_i$.
+    eps: clip of the softmax curvature $\lambda$.
 
   Returns:
-    A :class:`Sensitivity`. Under ``jit``, the rows of an invalid label are
-    NaN (all but ``outputs`` and ``variance``).
+    A [`Sensitivity`][ivon_optax.sensitivity.Sensitivity]. Under ``jit``, the rows of an invalid
+    label are NaN (all but ``outputs`` and ``variance``).
   """
   if jnp.ndim(logits) != 2:
     raise ValueError(f"`logits` must have shape (n, classes); got {jnp.shape(logits)}.")
@@ -391,18 +397,19 @@ def gaussian_sensitivity(
 ) -> Sensitivity:
   r"""Memory-perturbation estimates of a regression model (Gaussian likelihood).
 
-  For the loss :math:`\ell_i = \|y_i - f_i\|^2 / (2 s^2)`, with
-  :math:`s^2` = ``noise_variance``:
+  For the loss $\ell_i = \|y_i - f_i\|^2 / (2 s^2)$, with
+  $s^2$ = ``noise_variance``:
 
-  .. math::
-    e_i = (f_i - y_i) / s^2, \quad
-    \Delta f_i = v_i \odot e_i, \quad
-    s_i = \textstyle\sum_k |v_{ik} e_{ik}|
+  $$
+  e_i = (f_i - y_i) / s^2, \quad
+  \Delta f_i = v_i \odot e_i, \quad
+  s_i = \textstyle\sum_k |v_{ik} e_{ik}|
+  $$
 
-  i.e. prediction error times prediction variance; :math:`s_i` is the
-  estimated absolute change of the prediction when :math:`i` is removed
+  i.e. prediction error times prediction variance; $s_i$ is the
+  estimated absolute change of the prediction when $i$ is removed
   (the MPE for a Gaussian-likelihood GLM, Nickl et al. 2023). The posterior
-  must be the one of that loss: train with this :math:`s^2` in the loss.
+  must be the one of that loss: train with this $s^2$ in the loss.
 
   Examples:
     >>> import jax.numpy as jnp, ivon_optax
@@ -412,14 +419,14 @@ def gaussian_sensitivity(
     Array([0.5, 0. ], dtype=float32)
 
   Args:
-    outputs: ``(n,)`` or ``(n, k)`` predictions :math:`f_i` at the mean.
+    outputs: ``(n,)`` or ``(n, k)`` predictions $f_i$ at the mean.
     targets: targets of the same shape.
-    variance: prediction variances :math:`v_i` of the same shape.
-    noise_variance: the likelihood's variance :math:`s^2` (> 0).
+    variance: prediction variances $v_i$ of the same shape.
+    noise_variance: the likelihood's variance $s^2$ (> 0).
 
   Returns:
-    A :class:`Sensitivity` whose ``score`` has shape ``(n,)``. Under ``jit``
-    a ``noise_variance`` <= 0 makes ``error``, ``change`` and ``score`` NaN.
+    A [`Sensitivity`][ivon_optax.sensitivity.Sensitivity] whose ``score`` has shape ``(n,)``. Under
+    ``jit`` a ``noise_variance`` <= 0 makes ``error``, ``change`` and ``score`` NaN.
   """
   if jnp.shape(targets) != jnp.shape(outputs) or jnp.shape(variance) != jnp.shape(outputs):
     raise ValueError(
@@ -442,7 +449,7 @@ def gaussian_sensitivity(
 
 
 def _outputs_and_variance(apply_fn, state, params, inputs, chunk_size):
-  r""":math:`f_i` and :math:`v_i` at the mean, with :math:`\sigma` read from the IVON state."""
+  r"""$f_i$ and $v_i$ at the mean, with $\sigma$ read from the IVON state."""
   std = posterior_std(state, params)
   return prediction_variance(apply_fn, params, std, inputs, chunk_size=chunk_size)
 
@@ -459,9 +466,10 @@ def classification_sensitivity(
 ) -> Sensitivity:
   r"""Each example's memory-perturbation sensitivity under IVON's posterior (softmax form).
 
-  Reads :math:`\sigma` from the IVON state (:func:`ivon_optax.posterior_std`),
-  computes :math:`f_i` and :math:`v_i` with :func:`prediction_variance`
-  (jitted, chunked) and the rest with :func:`softmax_sensitivity`.
+  Reads $\sigma$ from the IVON state ([`ivon_optax.posterior_std`][]),
+  computes $f_i$ and $v_i$ with [`prediction_variance`][ivon_optax.sensitivity.prediction_variance]
+  (jitted, chunked) and the rest with
+  [`softmax_sensitivity`][ivon_optax.sensitivity.softmax_sensitivity].
 
   Examples:
     >>> import jax, jax.numpy as jnp, ivon_optax
@@ -478,15 +486,16 @@ def classification_sensitivity(
   Args:
     apply_fn: ``apply_fn(params, inputs) -> logits`` on a batch (static for
       ``jit``: pass the same function object each time).
-    state: an optax state containing the :class:`ivon_optax.IVONState`.
-    params: the mean :math:`m` (the trained params).
+    state: an optax state containing the [`ivon_optax.IVONState`][].
+    params: the mean $m$ (the trained params).
     inputs: training inputs with a leading batch axis.
     labels: ``(n,)`` integer labels in ``[0, classes)``.
     chunk_size: examples per vectorized Jacobian chunk (memory bound).
     eps: clip of the softmax curvature.
 
   Returns:
-    A :class:`Sensitivity` for every example; rank examples by ``score``.
+    A [`Sensitivity`][ivon_optax.sensitivity.Sensitivity] for every example; rank examples by
+    ``score``.
   """
   _check_batch("labels", labels, _num_examples(inputs))
   # Refuse bad labels before the Jacobians, the expensive part; the shape of
@@ -508,8 +517,9 @@ def regression_sensitivity(
 ) -> Sensitivity:
   r"""Each example's sensitivity under IVON's posterior (regression form).
 
-  :func:`prediction_variance` with :math:`\sigma` from the IVON state, then
-  :func:`gaussian_sensitivity`: prediction error times prediction variance.
+  [`prediction_variance`][ivon_optax.sensitivity.prediction_variance] with $\sigma$ from the IVON
+  state, then [`gaussian_sensitivity`][ivon_optax.sensitivity.gaussian_sensitivity]: prediction
+  error times prediction variance.
 
   Examples:
     >>> import jax, jax.numpy as jnp, ivon_optax
@@ -524,16 +534,16 @@ def regression_sensitivity(
   Args:
     apply_fn: ``apply_fn(params, inputs) -> predictions`` of shape ``(n,)``
       or ``(n, k)`` (static for ``jit``).
-    state: an optax state containing the :class:`ivon_optax.IVONState`.
-    params: the mean :math:`m`.
+    state: an optax state containing the [`ivon_optax.IVONState`][].
+    params: the mean $m$.
     inputs: training inputs with a leading batch axis.
     targets: the regression targets, shaped like the predictions.
-    noise_variance: :math:`s^2 > 0` of the Gaussian likelihood the model was
-      trained with (the loss :math:`\|y - f\|^2 / (2 s^2)`).
+    noise_variance: $s^2 > 0$ of the Gaussian likelihood the model was
+      trained with (the loss $\|y - f\|^2 / (2 s^2)$).
     chunk_size: examples per vectorized Jacobian chunk.
 
   Returns:
-    A :class:`Sensitivity`.
+    A [`Sensitivity`][ivon_optax.sensitivity.Sensitivity].
   """
   _check_batch("targets", targets, _num_examples(inputs))
   outputs, variance = _outputs_and_variance(apply_fn, state, params, inputs, chunk_size)

@@ -1,7 +1,7 @@
 r"""Laying out IVON's state on a device mesh like its params.
 
-IVON keeps two buffers per parameter, the momentum :math:`\bar g` and the
-Hessian estimate :math:`h`, and samples a noise :math:`\sigma \odot \epsilon`
+IVON keeps two buffers per parameter, the momentum $\bar g$ and the
+Hessian estimate $h$, and samples a noise $\sigma \odot \epsilon$
 per parameter. On a mesh each of them should live where its parameter lives
 (replicated, or sharded FSDP-style), so that the update and the sampling are
 elementwise and local: no device ever gathers a whole buffer.
@@ -10,8 +10,9 @@ elementwise and local: no device ever gathers a whole buffer.
 itself, and so does ``jax.jit(tx.init)`` under a mesh with explicit axes. Under
 ``jax.jit`` with automatic axes the buffers do not depend on the params' values,
 so XLA has nothing to propagate a sharding from: pass
-``out_shardings=state_sharding(...)``. :func:`check_state_sharding` verifies a
-state against its params, e.g. after restoring a checkpoint.
+``out_shardings=state_sharding(...)``.
+[`check_state_sharding`][ivon_optax.sharding.check_state_sharding] verifies a state against its
+params, e.g. after restoring a checkpoint.
 """
 
 from typing import Any
@@ -77,7 +78,7 @@ def _map_param_like(state: Any, params: Any, on_params, on_other):
   """Maps ``on_params`` over subtrees of ``state`` laid out like ``params``.
 
   ``on_params(subtree, path, leaves)`` gets the arrays of the subtree as
-  :func:`_param_like_leaves` lists them and returns the new subtree; every
+  `_param_like_leaves` lists them and returns the new subtree; every
   other leaf goes to ``on_other(leaf, path)``.
   """
   _check_ivon_buffers(state, params)
@@ -135,7 +136,7 @@ def state_sharding(state: optax.OptState, params: optax.Params) -> Any:
       with ``jax.device_put``, or ``jax.ShapeDtypeStruct(..., sharding=...)``.
 
   Returns:
-    A pytree of :class:`jax.sharding.Sharding` like ``state``, usable as
+    A pytree of `jax.sharding.Sharding` like ``state``, usable as
     ``out_shardings`` of ``jax.jit(tx.init)`` or as the target of
     ``jax.device_put(state, ...)``.
   """

@@ -1,17 +1,17 @@
 r"""IVON: the improved variational online Newton optimizer, as optax transforms.
 
-IVON learns a diagonal Gaussian posterior :math:`\mathcal{N}(m, \sigma^2)` over
-the weights. The mean :math:`m` is the model's parameters; the state holds the
-momentum :math:`\bar g` and the Hessian estimate :math:`h`, from which
-:math:`\sigma^2 = 1 / (\lambda (h + \delta))`.
+IVON learns a diagonal Gaussian posterior $\mathcal{N}(m, \sigma^2)$ over
+the weights. The mean $m$ is the model's parameters; the state holds the
+momentum $\bar g$ and the Hessian estimate $h$, from which
+$\sigma^2 = 1 / (\lambda (h + \delta))$.
 
 Each step evaluates the gradient at a weight sample
-:math:`\theta = m + \sigma \odot \epsilon` (see :func:`ivon_optax.sample_params`)
-and passes that sample's noise :math:`\sigma \odot \epsilon` to ``update``.
+$\theta = m + \sigma \odot \epsilon$ (see [`ivon_optax.sample_params`][])
+and passes that sample's noise $\sigma \odot \epsilon$ to ``update``.
 
 References:
-  Shen et al., `Variational Learning is Effective for Large Deep Networks
-  <https://arxiv.org/abs/2402.17641>`_, ICML 2024 (Algorithm 1).
+  Shen et al., [Variational Learning is Effective for Large Deep
+  Networks](https://arxiv.org/abs/2402.17641), ICML 2024 (Algorithm 1).
 """
 
 import warnings
@@ -37,9 +37,9 @@ WeightDecayMask = Any | Callable[[optax.Params], Any] | None
 
 
 class IVONState(NamedTuple):
-  """State of :func:`scale_by_ivon`: the variational posterior's parameters.
+  """State of [`scale_by_ivon`][ivon_optax.scale_by_ivon]: the variational posterior's parameters.
 
-  The per-parameter fields hold an :class:`optax.MaskedNode` for each leaf IVON
+  The per-parameter fields hold an `optax.MaskedNode` for each leaf IVON
   does not manage: leaves masked out by ``optax.masked``/``optax.partition``,
   and integer or boolean leaves, which IVON neither perturbs nor updates.
   """
@@ -74,9 +74,9 @@ def _saturate(x: chex.Array) -> chex.Array:
 
 
 def precision_per_example(hess, weight_decay):
-  r"""The posterior precision per example, :math:`h + \delta`.
+  r"""The posterior precision per example, $h + \delta$.
 
-  Floored at the dtype's smallest normal number, so that :math:`\sigma` and the
+  Floored at the dtype's smallest normal number, so that $\sigma$ and the
   step stay finite even where rounding would make it 0.
   """
   return jnp.maximum(hess + weight_decay, jnp.finfo(hess.dtype).tiny)
@@ -85,34 +85,36 @@ def precision_per_example(hess, weight_decay):
 def price_hess_estimate(noise_grads, precision, ess):
   r"""Price's-theorem Hessian estimate.
 
-  .. math::
-    \hat h = \lambda\, \overline{\text{noise} \cdot g}\, (h + \delta)
+  $$
+  \hat h = \lambda\, \overline{\text{noise} \cdot g}\, (h + \delta)
+  $$
 
-  This equals :math:`g \epsilon / \sigma` for one sample (reparameterization
+  This equals $g \epsilon / \sigma$ for one sample (reparameterization
   trick), averaged over the Monte-Carlo samples. ``precision`` is
-  :math:`h + \delta`.
+  $h + \delta$.
   """
   return _saturate(noise_grads * precision * ess)
 
 
 def gradsq_hess_estimate(grads_squared, ess):
-  r"""Squared-gradient (Gauss-Newton-like) estimate :math:`\hat h = \lambda\, \overline{g^2}`."""
+  r"""Squared-gradient (Gauss-Newton-like) estimate $\hat h = \lambda\, \overline{g^2}$."""
   return _saturate(grads_squared * ess)
 
 
 def new_hess(hess, hess_estimate, beta2, precision):
   r"""The Riemannian-gradient Hessian update.
 
-  .. math::
-    h \leftarrow \beta_2 h + (1-\beta_2)\hat h
-      + \tfrac12 (1-\beta_2)^2 (h - \hat h)^2 / (h + \delta)
+  $$
+  h \leftarrow \beta_2 h + (1-\beta_2)\hat h
+    + \tfrac12 (1-\beta_2)^2 (h - \hat h)^2 / (h + \delta)
+  $$
 
-  The last term keeps :math:`h + \delta > 0` whatever :math:`\hat h` is. It is
-  computed as :math:`d \cdot (d / (h + \delta))`, :math:`d = h - \hat h`, so that
-  :math:`d^2` cannot overflow where the result itself fits. With :math:`h` and
-  :math:`\hat h` finite, the first two terms are finite and the last is in
-  :math:`[0, \infty]`, so the sum is never NaN; an overflow saturates at the
-  dtype's largest value. ``precision`` is :math:`h + \delta`.
+  The last term keeps $h + \delta > 0$ whatever $\hat h$ is. It is
+  computed as $d \cdot (d / (h + \delta))$, $d = h - \hat h$, so that
+  $d^2$ cannot overflow where the result itself fits. With $h$ and
+  $\hat h$ finite, the first two terms are finite and the last is in
+  $[0, \infty]$, so the sum is never NaN; an overflow saturates at the
+  dtype's largest value. ``precision`` is $h + \delta$.
   """
   gap = hess - hess_estimate
   hess = (
@@ -126,11 +128,12 @@ def new_hess(hess, hess_estimate, beta2, precision):
 def preconditioned_step(momentum_hat, param, precision, weight_decay, clip_radius, prior_mean=0.0):
   r"""The mean's step before the learning rate.
 
-  .. math::
-    \mathrm{clip}((\hat g + \delta (m - \mu_0)) / (h + \delta), -c, c)
+  $$
+  \mathrm{clip}((\hat g + \delta (m - \mu_0)) / (h + \delta), -c, c)
+  $$
 
-  ``precision`` is the new :math:`h + \delta`; without a prior mean
-  :math:`\mu_0 = 0`.
+  ``precision`` is the new $h + \delta$; without a prior mean
+  $\mu_0 = 0$.
   """
   step = (momentum_hat + weight_decay * (param - prior_mean)) / precision
   return jnp.clip(step, -clip_radius, clip_radius)
@@ -209,7 +212,7 @@ def _check_hyperparameters(**hyperparameters) -> None:
   """Applies the rules to the hyperparameters whose values are known here.
 
   Python and NumPy numbers and concrete 0-d arrays are checked; values traced
-  under ``jit`` or ``inject_hyperparams`` are guarded by :func:`_guarded`.
+  under ``jit`` or ``inject_hyperparams`` are guarded by `_guarded`.
   """
   for name, value in hyperparameters.items():
     number = _concrete_value(name, value)
@@ -275,7 +278,7 @@ def is_managed(param) -> bool:
 
   Integer and boolean leaves (counters, indices, flags kept among the params)
   are never perturbed or updated: their state entries are
-  :class:`optax.MaskedNode`, their noise and update are zero.
+  `optax.MaskedNode`, their noise and update are zero.
 
   Raises:
     TypeError: for complex leaves, which IVON's real Gaussian cannot describe.
@@ -426,32 +429,35 @@ def scale_by_ivon(
 ) -> optax.GradientTransformationExtraArgs:
   r"""IVON's direction, everything but the learning rate.
 
-  With :math:`\lambda` = ``ess``, :math:`\delta` = ``weight_decay``, :math:`h_0`
-  = ``hess_init``, :math:`c` = ``clip_radius`` and :math:`S` Monte-Carlo samples
-  :math:`\theta_s = m + \text{noise}_s` with gradients :math:`g_s`:
+  With $\lambda$ = ``ess``, $\delta$ = ``weight_decay``, $h_0$
+  = ``hess_init``, $c$ = ``clip_radius`` and $S$ Monte-Carlo samples
+  $\theta_s = m + \text{noise}_s$ with gradients $g_s$:
 
-  .. math::
-    \bar g_t &= \beta_1 \bar g_{t-1} + (1-\beta_1)\, \tfrac1S \textstyle\sum_s g_s \\
-    \hat h_t &= \lambda\, \tfrac1S \textstyle\sum_s \text{noise}_s g_s\, (h_{t-1} + \delta)
-      \quad \text{(price; gradsq: } \lambda\, \tfrac1S \textstyle\sum_s g_s^2) \\
-    h_t &= \beta_2 h_{t-1} + (1-\beta_2) \hat h_t
-      + \tfrac12 (1-\beta_2)^2 (h_{t-1} - \hat h_t)^2 / (h_{t-1} + \delta) \\
-    u_t &= (h_0 + \delta)\, \mathrm{clip}\!\left(
-      \frac{\bar g_t / (1 - \beta_1^t) + \delta (m - \mu_0)}{h_t + \delta}, -c, c\right)
+  $$
+  \begin{aligned}
+  \bar g_t &= \beta_1 \bar g_{t-1} + (1-\beta_1)\, \tfrac1S \textstyle\sum_s g_s \\
+  \hat h_t &= \lambda\, \tfrac1S \textstyle\sum_s \text{noise}_s g_s\, (h_{t-1} + \delta)
+    \quad \text{(price; gradsq: } \lambda\, \tfrac1S \textstyle\sum_s g_s^2) \\
+  h_t &= \beta_2 h_{t-1} + (1-\beta_2) \hat h_t
+    + \tfrac12 (1-\beta_2)^2 (h_{t-1} - \hat h_t)^2 / (h_{t-1} + \delta) \\
+  u_t &= (h_0 + \delta)\, \mathrm{clip}\!\left(
+    \frac{\bar g_t / (1 - \beta_1^t) + \delta (m - \mu_0)}{h_t + \delta}, -c, c\right)
+  \end{aligned}
+  $$
 
-  The factor :math:`h_0 + \delta` is present when ``rescale_lr`` and the
-  debiasing :math:`1 - \beta_1^t` when ``debias``. :func:`ivon` scales
-  :math:`u_t` by :math:`-\alpha_t`. The prior is :math:`\mathcal{N}(\mu_0,
-  1/(\lambda \delta))`: :math:`\mu_0 = 0` unless ``prior`` says otherwise.
+  The factor $h_0 + \delta$ is present when ``rescale_lr`` and the
+  debiasing $1 - \beta_1^t$ when ``debias``. [`ivon`][ivon_optax.ivon] scales
+  $u_t$ by $-\alpha_t$. The prior is $\mathcal{N}(\mu_0,
+  1/(\lambda \delta))$: $\mu_0 = 0$ unless ``prior`` says otherwise.
 
   **Where this differs from the reference.** Wherever the reference
   ``ivon-opt`` 0.1.3 stays finite, the formulas above are its formulas (tested
   to float64 round-off). Where its float arithmetic overflows (gradients near
   the dtype's largest value, e.g. 1e30 in float32), the reference's
-  :math:`h` becomes inf and then NaN a step later; here :math:`\hat h` and
-  :math:`h` saturate at the dtype's largest finite value and :math:`h + \delta`
+  $h$ becomes inf and then NaN a step later; here $\hat h$ and
+  $h$ saturate at the dtype's largest finite value and $h + \delta$
   is floored at its smallest normal number, so that from finite gradients
-  :math:`h`, :math:`\sigma` and the step stay finite. Non-finite gradients
+  $h$, $\sigma$ and the step stay finite. Non-finite gradients
   still give a NaN step (so ``optax.apply_if_finite`` can skip it). Values the
   reference accepts but that cannot train are refused: ``beta1=1`` with
   ``debias=True`` (the reference divides 0 by 0 at step 1), and non-finite
@@ -459,42 +465,42 @@ def scale_by_ivon(
   neither perturbed nor updated, and complex leaves are refused.
 
   Args:
-    ess: effective sample size :math:`\lambda` (> 0); usually the training-set
+    ess: effective sample size $\lambda$ (> 0); usually the training-set
       size. Larger values shrink the posterior.
-    hess_init: initial Hessian :math:`h_0` (> 0), typically 0.01 to 1. Sets
-      the initial posterior spread :math:`1/\sqrt{\lambda (h_0 + \delta)}`.
+    hess_init: initial Hessian $h_0$ (> 0), typically 0.01 to 1. Sets
+      the initial posterior spread $1/\sqrt{\lambda (h_0 + \delta)}$.
     beta1: momentum decay, in [0, 1].
     beta2: Hessian decay, in [0, 1]; keep it near 1 (0.99999).
-    weight_decay: :math:`\delta` (>= 0), the prior precision per example.
-    clip_radius: elementwise clip :math:`c` (> 0) of the preconditioned step.
+    weight_decay: $\delta$ (>= 0), the prior precision per example.
+    clip_radius: elementwise clip $c$ (> 0) of the preconditioned step.
     hess_approx: ``'price'`` (reparameterization estimator, the paper's) or
       ``'gradsq'`` (squared gradients).
-    debias: divide the momentum by :math:`1 - \beta_1^t`.
-    rescale_lr: multiply the step by :math:`h_0 + \delta`, so that the learning
+    debias: divide the momentum by $1 - \beta_1^t$.
+    rescale_lr: multiply the step by $h_0 + \delta$, so that the learning
       rate is comparable to SGD's.
     weight_decay_mask: a pytree of bools like the params, or a callable
-      returning one; ``False`` leaves get :math:`\delta = 0` (in the step and in
-      :math:`\sigma`), like a parameter group with ``weight_decay=0``.
+      returning one; ``False`` leaves get $\delta = 0$ (in the step and in
+      $\sigma$), like a parameter group with ``weight_decay=0``.
     state_dtype: dtype of the momentum and Hessian buffers. By default the
       param's dtype promoted to at least float32.
     axis_name: a mapped axis (``shard_map``/``pmap``) over which the sample
       averages of the gradient and of its Hessian statistic are averaged
       before the step, like the reference's ``sync=True``: with each device
       drawing its own noise, that is one Monte-Carlo sample per device.
-    prior: a :class:`ivon_optax.GaussianPrior` with mean :math:`\mu_0` and
-      precision :math:`\delta` (scalar, per leaf or per element), instead of
+    prior: a [`ivon_optax.GaussianPrior`][] with mean $\mu_0$ and
+      precision $\delta$ (scalar, per leaf or per element), instead of
       ``weight_decay`` (leave that at its default). ``weight_decay_mask``
-      still sets :math:`\delta = 0` on its ``False`` leaves. The state carries
-      :math:`\delta` and :math:`\mu_0` (one more param-sized buffer when the
+      still sets $\delta = 0$ on its ``False`` leaves. The state carries
+      $\delta$ and $\mu_0$ (one more param-sized buffer when the
       mean is given, another when the precision is per element), so they are
       arguments, not constants, of a jitted update; build the state with an
       eager ``tx.init(params)``, as under ``jit`` they would be constants of
       the init.
 
   Returns:
-    A :class:`optax.GradientTransformationExtraArgs` whose ``update`` takes
+    A `optax.GradientTransformationExtraArgs` whose ``update`` takes
     ``params`` and ``noise=`` (one sample) or ``samples=`` (a
-    :class:`ivon_optax.SampleAverage`).
+    [`ivon_optax.SampleAverage`][]).
   """
   check_hess_approx(hess_approx)
   _check_hyperparameters(
@@ -647,7 +653,7 @@ def scale_by_ivon(
 
 
 def _sample_average_input(samples, hess_approx: str, params, fix: str):
-  """The Hessian statistic a :class:`SampleAverage` holds for ``hess_approx``."""
+  """The Hessian statistic a `SampleAverage` holds for ``hess_approx``."""
   if not isinstance(samples, SampleAverage):
     raise TypeError(f"`samples` must be an ivon_optax.SampleAverage, got {type(samples)}.")
   count = _concrete_value("samples.count", samples.count)
@@ -730,11 +736,12 @@ def ivon(
 ) -> optax.GradientTransformationExtraArgs:
   r"""The IVON optimizer: variational learning at the cost of Adam.
 
-  One step, with :math:`\alpha_t` = ``learning_rate`` (see
-  :func:`scale_by_ivon` for :math:`u_t`):
+  One step, with $\alpha_t$ = ``learning_rate`` (see
+  [`scale_by_ivon`][ivon_optax.scale_by_ivon] for $u_t$):
 
-  .. math::
-    m_t = m_{t-1} - \alpha_t\, u_t
+  $$
+  m_t = m_{t-1} - \alpha_t\, u_t
+  $$
 
   The gradients passed to ``update`` must be taken at a posterior sample; the
   sample's noise goes along so that IVON can estimate the Hessian:
@@ -753,32 +760,32 @@ def ivon(
     1
 
   Args:
-    learning_rate: :math:`\alpha`, a scalar or an optax schedule. With
+    learning_rate: $\alpha$, a scalar or an optax schedule. With
       ``rescale_lr`` (default) it is on SGD's scale; the paper uses 0.1 to 2.5
       for vision models.
-    ess: see :func:`scale_by_ivon`.
-    hess_init: see :func:`scale_by_ivon`.
-    beta1: see :func:`scale_by_ivon`.
-    beta2: see :func:`scale_by_ivon`.
-    weight_decay: see :func:`scale_by_ivon`.
-    clip_radius: see :func:`scale_by_ivon`.
-    hess_approx: see :func:`scale_by_ivon`.
-    debias: see :func:`scale_by_ivon`.
-    rescale_lr: see :func:`scale_by_ivon`.
-    weight_decay_mask: see :func:`scale_by_ivon`.
-    state_dtype: see :func:`scale_by_ivon`.
-    axis_name: see :func:`scale_by_ivon`.
-    prior: see :func:`scale_by_ivon`.
+    ess: see [`scale_by_ivon`][ivon_optax.scale_by_ivon].
+    hess_init: see [`scale_by_ivon`][ivon_optax.scale_by_ivon].
+    beta1: see [`scale_by_ivon`][ivon_optax.scale_by_ivon].
+    beta2: see [`scale_by_ivon`][ivon_optax.scale_by_ivon].
+    weight_decay: see [`scale_by_ivon`][ivon_optax.scale_by_ivon].
+    clip_radius: see [`scale_by_ivon`][ivon_optax.scale_by_ivon].
+    hess_approx: see [`scale_by_ivon`][ivon_optax.scale_by_ivon].
+    debias: see [`scale_by_ivon`][ivon_optax.scale_by_ivon].
+    rescale_lr: see [`scale_by_ivon`][ivon_optax.scale_by_ivon].
+    weight_decay_mask: see [`scale_by_ivon`][ivon_optax.scale_by_ivon].
+    state_dtype: see [`scale_by_ivon`][ivon_optax.scale_by_ivon].
+    axis_name: see [`scale_by_ivon`][ivon_optax.scale_by_ivon].
+    prior: see [`scale_by_ivon`][ivon_optax.scale_by_ivon].
 
   The defaults are the reference ``ivon-opt``'s.
 
   Returns:
-    A :class:`optax.GradientTransformationExtraArgs`; its state's first element
-    is the :class:`IVONState`.
+    A `optax.GradientTransformationExtraArgs`; its state's first element
+    is the [`IVONState`][ivon_optax.IVONState].
 
   References:
-    Shen et al., `Variational Learning is Effective for Large Deep Networks
-    <https://arxiv.org/abs/2402.17641>`_, ICML 2024.
+    Shen et al., [Variational Learning is Effective for Large Deep
+    Networks](https://arxiv.org/abs/2402.17641), ICML 2024.
   """
   if not callable(learning_rate):
     _check_hyperparameters(learning_rate=learning_rate)

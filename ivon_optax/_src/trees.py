@@ -1,7 +1,7 @@
 """Pytree checks shared by the update and the sampler.
 
 IVON may run inside ``optax.masked`` or ``optax.partition``, where the leaves it
-does not manage are replaced by :class:`optax.MaskedNode`. These helpers treat a
+does not manage are replaced by `optax.MaskedNode`. These helpers treat a
 ``MaskedNode`` as a leaf, so that a tree with masked positions still lines up
 with the full tree of parameters, gradients or noise.
 """
