@@ -1,1 +1,1 @@
-"""Benchmarks of ivon-optax: train-step time and memory against AdamW, SGD and the PyTorch reference."""
+"""Benchmarks of ivon-optax: step time and memory against AdamW, SGD and the PyTorch reference."""

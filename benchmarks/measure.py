@@ -1,5 +1,7 @@
-"""Shared measuring helpers for the benchmarks: interleaved timing, statistics, environment,
-XLA's memory plan and memory traffic, and a per-op profile.
+"""Shared measuring helpers for the benchmarks.
+
+Interleaved timing, statistics, environment, XLA's memory plan and memory
+traffic, and a per-op profile.
 """
 
 import collections

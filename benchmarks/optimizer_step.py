@@ -1,4 +1,4 @@
-r"""Optimizer-only microbenchmark: IVON's sampling and update against AdamW's update, as memory traffic.
+r"""Optimizer-only microbenchmark: IVON's sampling and update against AdamW's, as memory traffic.
 
 On a 10M-parameter float32 pytree (about 40 MB per buffer) it times, interleaved in one process:
 

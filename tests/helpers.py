@@ -6,6 +6,11 @@ holds fixtures and collection rules.
 
 import functools
 import itertools
+import json
+import os
+import pathlib
+import subprocess
+import sys
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -166,3 +171,25 @@ def train_ivon(key, tx, params, split: Split, *, num_steps: int, batch_size: int
     num_steps=num_steps,
     batch_size=batch_size,
   )
+
+
+# --- Running the examples as scripts ---------------------------------------------
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+# Compiling dominates the examples' tiny smoke runs; LLVM's optimizations are not needed.
+FAST_COMPILE = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0"
+
+
+def run_example(name: str, tmp_path, *args) -> str:
+  """Runs ``examples/NAME.py ARGS --out tmp_path`` as a script; returns its stdout."""
+  command = [sys.executable, str(ROOT / "examples" / f"{name}.py"), *args, "--out", str(tmp_path)]
+  env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu", "XLA_FLAGS": FAST_COMPILE}
+  result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path)
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  return result.stdout
+
+
+def load_json(tmp_path, name: str) -> dict:
+  """The JSON file ``name`` an example wrote under ``tmp_path``."""
+  with open(tmp_path / name) as file:
+    return json.load(file)

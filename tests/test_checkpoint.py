@@ -71,7 +71,7 @@ def saved(checkpoint_dir, step):
 def assert_bitwise_equal(tree, expected):
   flat, expected_flat = (jax.tree_util.tree_flatten_with_path(t)[0] for t in (tree, expected))
   assert [path for path, _ in flat] == [path for path, _ in expected_flat]
-  for (path, leaf), (_, expected_leaf) in zip(flat, expected_flat):
+  for (path, leaf), (_, expected_leaf) in zip(flat, expected_flat, strict=True):
     np.testing.assert_array_equal(
       np.asarray(leaf), np.asarray(expected_leaf), err_msg=jax.tree_util.keystr(path)
     )

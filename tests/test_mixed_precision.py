@@ -157,7 +157,7 @@ def test_bf16_training_reaches_the_float32_loss():
   assert abs(bf16_accuracy - f32_accuracy) < 0.03
   assert all(leaf.dtype == jnp.bfloat16 for leaf in jax.tree.leaves(params))
   hess, hess_before = (ivon_optax.find_ivon_state(s).hess for s in (state, previous))
-  for after, before in zip(jax.tree.leaves(hess), jax.tree.leaves(hess_before)):
+  for after, before in zip(jax.tree.leaves(hess), jax.tree.leaves(hess_before), strict=True):
     assert after.dtype == jnp.float32
     increments = np.asarray(after - before)
     # The last step moved every h, mostly by less than half a bfloat16 ulp of

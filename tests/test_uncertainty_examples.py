@@ -5,33 +5,17 @@ are tiny, so the assertions are on structure, ranges and what holds even
 after a few epochs.
 """
 
-import json
 import math
 import os
 import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from helpers import load_json
+from helpers import run_example
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-# Compiling dominates these tiny runs; LLVM's optimizations are not needed.
-FAST_COMPILE = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0"
 pytestmark = pytest.mark.slow
-
-
-def run_example(name: str, tmp_path, *args) -> str:
-  command = [sys.executable, str(ROOT / "examples" / f"{name}.py"), *args, "--out", str(tmp_path)]
-  env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu", "XLA_FLAGS": FAST_COMPILE}
-  result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path)
-  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-  return result.stdout
-
-
-def load_json(tmp_path, name: str) -> dict:
-  with open(tmp_path / name) as file:
-    return json.load(file)
 
 
 def check_scores(scores: dict, num_seeds: int) -> None:
