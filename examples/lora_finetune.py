@@ -275,16 +275,19 @@ def finetune(args, name, grid, target, checkpoint):
   for i in range(args.epochs):
     state = epoch(state, keys, i)
   # Validation and test in one compiled call: the same weight samples score both.
+  # One run at a time (lax.map, not vmap): all runs' sampled activations at once
+  # would not fit in memory.
+  splits = (target.val, target.test)
   score = jax.jit(
-    jax.vmap(
-      lambda s, k, splits: [
-        evaluate(graphdef, s, jax.random.fold_in(k, PREDICT_STREAM), split, bayes=bayes)
+    lambda states, keys: jax.lax.map(
+      lambda run: [
+        evaluate(graphdef, run[0], jax.random.fold_in(run[1], PREDICT_STREAM), split, bayes=bayes)
         for split in splits
       ],
-      in_axes=(0, 0, None),
+      (states, keys),
     )
   )
-  val, test = score(state, keys, (target.val, target.test))
+  val, test = score(state, keys)
   as_lists = lambda tree: jax.tree.map(lambda a: np.asarray(a).tolist(), tree)
   return points, runs, as_lists(val), as_lists(test)
 
