@@ -90,6 +90,7 @@ async def crash_before_commit(self):
   return await finalize(self)
 temporary_path.finalize = crash_before_commit
 sys.argv = sys.argv[1:]
+sys.path.insert(0, os.path.dirname(sys.argv[0]))  # as `python examples/...` would
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
