@@ -29,6 +29,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import matplotlib
+import models
 import numpy as np
 import optax
 
@@ -89,31 +90,6 @@ def permuted_tasks(num_tasks: int, val_fraction: float = 0.1, seed: int = 0) -> 
   return tasks
 
 
-# --- Model: a ReLU MLP ------------------------------------------------------------------
-
-
-def init_mlp(key, sizes):
-  """He-normal weights and zero biases for layer widths ``sizes`` (inputs first)."""
-  keys = jax.random.split(key, len(sizes) - 1)
-  return [
-    {"w": jax.random.normal(k, (fan_in, fan_out)) * jnp.sqrt(2.0 / fan_in), "b": jnp.zeros(fan_out)}
-    for k, fan_in, fan_out in zip(keys, sizes[:-1], sizes[1:], strict=True)
-  ]
-
-
-def mlp_apply(params, inputs):
-  """Logits ``(batch, classes)``."""
-  hidden = inputs
-  for layer in params[:-1]:
-    hidden = jax.nn.relu(hidden @ layer["w"] + layer["b"])
-  return hidden @ params[-1]["w"] + params[-1]["b"]
-
-
-def mean_nll(params, inputs, labels):
-  logits = mlp_apply(params, inputs)
-  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-
-
 # --- Training -----------------------------------------------------------------------------
 
 
@@ -157,10 +133,10 @@ def train_task(key, tx, params, inputs, labels, *, steps, batch_size, is_ivon):
     batch = jax.random.choice(batch_key, labels.shape[0], (batch_size,), replace=False)
     if is_ivon:
       sampled, noise = ivon_optax.sample_params(sample_key, opt_state, params)
-      grads = jax.grad(mean_nll)(sampled, inputs[batch], labels[batch])
+      grads = jax.grad(models.mean_nll)(sampled, inputs[batch], labels[batch])
       updates, opt_state = tx.update(grads, opt_state, params, noise=noise)
     else:
-      grads = jax.grad(mean_nll)(params, inputs[batch], labels[batch])
+      grads = jax.grad(models.mean_nll)(params, inputs[batch], labels[batch])
       updates, opt_state = tx.update(grads, opt_state, params)
     return (optax.apply_updates(params, updates), opt_state), None
 
@@ -172,11 +148,11 @@ def evaluate(key, params, opt_state, inputs, labels, *, num_samples, is_ivon):
   """Accuracy and mean NLL; IVON's from its posterior predictive."""
   if is_ivon:
     logits = ivon_optax.predict.sample_outputs(
-      key, mlp_apply, opt_state, params, inputs, num_samples=num_samples
+      key, models.mlp_apply, opt_state, params, inputs, num_samples=num_samples
     )
     log_probs = ivon_optax.predict.predictive_log_probs(logits)
   else:
-    log_probs = jax.nn.log_softmax(mlp_apply(params, inputs))
+    log_probs = jax.nn.log_softmax(models.mlp_apply(params, inputs))
   nll = -jnp.take_along_axis(log_probs, labels[:, None], axis=1).mean()
   return jnp.mean(jnp.argmax(log_probs, -1) == labels), nll
 
@@ -225,7 +201,7 @@ def run_sequence(keys, tasks, learning_rate, *, method, config):
   num_train = tasks[0].y_train.shape[0]
   sizes = (tasks[0].x_train.shape[1], config.hidden, config.hidden, 10)
   keys = jax.vmap(lambda key: jax.random.split(key, 1 + 2 * len(tasks)))(keys)
-  params = jax.vmap(lambda key: init_mlp(key, sizes))(keys[:, 0])
+  params = jax.vmap(lambda key: models.init_mlp(key, sizes))(keys[:, 0])
   prior = None
   rows = {"val": [], "test": []}
   for index, task in enumerate(tasks):

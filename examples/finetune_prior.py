@@ -28,6 +28,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import matplotlib
+import models
 import numpy as np
 import optax
 
@@ -77,31 +78,6 @@ def few_shot_splits(shots: int, num_val: int, seed: int = 0):
   return pick(order[:shots]), pick(order[shots : shots + num_val]), test
 
 
-# --- Model: a ReLU MLP ------------------------------------------------------------------
-
-
-def init_mlp(key, sizes):
-  """He-normal weights and zero biases for layer widths ``sizes`` (inputs first)."""
-  keys = jax.random.split(key, len(sizes) - 1)
-  return [
-    {"w": jax.random.normal(k, (fan_in, fan_out)) * jnp.sqrt(2.0 / fan_in), "b": jnp.zeros(fan_out)}
-    for k, fan_in, fan_out in zip(keys, sizes[:-1], sizes[1:], strict=True)
-  ]
-
-
-def mlp_apply(params, inputs):
-  """Logits ``(batch, classes)``."""
-  hidden = inputs
-  for layer in params[:-1]:
-    hidden = jax.nn.relu(hidden @ layer["w"] + layer["b"])
-  return hidden @ params[-1]["w"] + params[-1]["b"]
-
-
-def mean_nll(params, inputs, labels):
-  logits = mlp_apply(params, inputs)
-  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-
-
 # --- Training -----------------------------------------------------------------------------
 
 
@@ -141,7 +117,7 @@ def train(key, tx, params, split, *, steps, batch_size):
     batch_key, sample_key = jax.random.split(step_key)
     batch = jax.random.choice(batch_key, split.labels.shape[0], (batch_size,), replace=False)
     sampled, noise = ivon_optax.sample_params(sample_key, opt_state, params)
-    grads = jax.grad(mean_nll)(sampled, split.inputs[batch], split.labels[batch])
+    grads = jax.grad(models.mean_nll)(sampled, split.inputs[batch], split.labels[batch])
     updates, opt_state = tx.update(grads, opt_state, params, noise=noise)
     return (optax.apply_updates(params, updates), opt_state), None
 
@@ -152,7 +128,7 @@ def train(key, tx, params, split, *, steps, batch_size):
 def evaluate(key, params, opt_state, split, num_samples):
   """Accuracy and mean NLL of the posterior predictive."""
   logits = ivon_optax.predict.sample_outputs(
-    key, mlp_apply, opt_state, params, split.inputs, num_samples=num_samples
+    key, models.mlp_apply, opt_state, params, split.inputs, num_samples=num_samples
   )
   log_probs = ivon_optax.predict.predictive_log_probs(logits)
   nll = -jnp.take_along_axis(log_probs, split.labels[:, None], axis=1).mean()
@@ -167,7 +143,7 @@ def pretrain(keys, split, *, config):
 
   def one_seed(key):
     init_key, train_key = jax.random.split(key)
-    params = init_mlp(init_key, (split.inputs.shape[1], config.hidden, config.hidden, 10))
+    params = models.init_mlp(init_key, (split.inputs.shape[1], config.hidden, config.hidden, 10))
     tx = ivon_optimizer(config, num_train, steps, weight_decay=config.weight_decay)
     return train(train_key, tx, params, split, steps=steps, batch_size=config.batch_size)
 

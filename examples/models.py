@@ -335,3 +335,29 @@ def fsdp_spec(param: jax.Array, fsdp_size: int) -> jax.sharding.PartitionSpec:
   if param.ndim and param.shape[-1] % fsdp_size == 0:
     return partition(*([None] * (param.ndim - 1)), "fsdp")
   return partition()
+
+
+# --- A plain-JAX ReLU MLP (a list of {"w", "b"} layers), for the prior examples ---------
+
+
+def init_mlp(key, sizes):
+  """He-normal weights and zero biases for layer widths ``sizes`` (inputs first)."""
+  keys = jax.random.split(key, len(sizes) - 1)
+  return [
+    {"w": jax.random.normal(k, (fan_in, fan_out)) * jnp.sqrt(2.0 / fan_in), "b": jnp.zeros(fan_out)}
+    for k, fan_in, fan_out in zip(keys, sizes[:-1], sizes[1:], strict=True)
+  ]
+
+
+def mlp_apply(params, inputs):
+  """Logits ``(batch, classes)``."""
+  hidden = inputs
+  for layer in params[:-1]:
+    hidden = jax.nn.relu(hidden @ layer["w"] + layer["b"])
+  return hidden @ params[-1]["w"] + params[-1]["b"]
+
+
+def mean_nll(params, inputs, labels):
+  """Mean cross-entropy of :func:`mlp_apply`'s logits."""
+  logits = mlp_apply(params, inputs)
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
