@@ -18,19 +18,20 @@ from ivon_optax import predict as predict
 from ivon_optax import random as random
 from ivon_optax import sensitivity as sensitivity
 from ivon_optax import sharding as sharding
+from ivon_optax._src.algorithm import IVONState
 from ivon_optax._src.diagnostics import diagnostics
+from ivon_optax._src.posterior import find_ivon_state
+from ivon_optax._src.posterior import posterior
+from ivon_optax._src.posterior import posterior_as_prior
+from ivon_optax._src.posterior import posterior_precision
+from ivon_optax._src.posterior import posterior_std
+from ivon_optax._src.posterior import sample_params
+from ivon_optax._src.posterior import value_and_grad_at_sample
 from ivon_optax._src.prior import GaussianPrior
-from ivon_optax._src.prior import posterior_as_prior
 from ivon_optax._src.sample_average import SampleAverage
 from ivon_optax._src.sample_average import add_sample
 from ivon_optax._src.sample_average import average_samples
 from ivon_optax._src.sample_average import init_sample_average
-from ivon_optax._src.sampling import find_ivon_state
-from ivon_optax._src.sampling import posterior
-from ivon_optax._src.sampling import posterior_precision
-from ivon_optax._src.sampling import posterior_std
-from ivon_optax._src.sampling import sample_params
-from ivon_optax._src.transform import IVONState
 from ivon_optax._src.transform import ivon
 from ivon_optax._src.transform import scale_by_ivon
 
@@ -52,4 +53,5 @@ __all__ = (
   "posterior_std",
   "sample_params",
   "scale_by_ivon",
+  "value_and_grad_at_sample",
 )

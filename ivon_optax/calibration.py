@@ -4,8 +4,8 @@ from ivon_optax._src.calibration import PosteriorScaleFit
 from ivon_optax._src.calibration import default_scales
 from ivon_optax._src.calibration import fit_posterior_scale
 from ivon_optax._src.calibration import fit_temperature
-from ivon_optax._src.calibration import scale_posterior
 from ivon_optax._src.calibration import temperature_scale
+from ivon_optax._src.posterior import scale_posterior
 
 __all__ = (
   "PosteriorScaleFit",

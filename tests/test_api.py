@@ -25,6 +25,7 @@ CORE = {
   "posterior_precision",
   "posterior_std",
   "sample_params",
+  "value_and_grad_at_sample",
   "scale_by_ivon",
 }
 

@@ -143,7 +143,9 @@ def test_low_precision_state_dtype_warns():
 
 def _injected(name, value):
   """One jitted step with ``name`` injected as ``value``; returns (updates, noise)."""
-  tx = optax.inject_hyperparams(ivon_optax.ivon)(LR, ESS)
+  tx = optax.inject_hyperparams(ivon_optax.ivon)(
+    LR, ESS, hess_init=1.0, beta2=0.99999, weight_decay=1e-4
+  )
   params = _params()
   state = tx.init(params)
   state.hyperparams[name] = jnp.asarray(value, jnp.float32)
@@ -164,14 +166,30 @@ def _traced_empty_average():
   return jax.jit(lambda a: tx.update(a.grads, tx.init(params), params, samples=a)[0])(average)
 
 
+def _traced_init(name, value):
+  """A state initialized under jit with ``name`` traced as ``value``: its samples."""
+  params = _params()
+
+  @jax.jit
+  def sample(value):
+    state = ivon_optax.ivon(LR, **{"ess": ESS, name: value}).init(params)
+    return ivon_optax.sample_params(jax.random.key(0), state, params)[1]
+
+  return sample(jnp.asarray(value, jnp.float32))
+
+
 NAN = [
-  ("ess_negative", lambda: _injected("ess", -10.0)),
-  ("ess_inf", lambda: _injected("ess", np.inf)),
+  # A changed (or invalid) posterior argument makes the step NaN: the state is its home.
+  ("ess_negative", lambda: _injected("ess", -10.0)[0]),
+  ("ess_inf", lambda: _injected("ess", np.inf)[0]),
   ("learning_rate_negative", lambda: _injected("learning_rate", -0.1)[0]),
   ("beta2_above_one", lambda: _injected("beta2", 1.5)[0]),
-  # The new weight decay reaches sigma, hence the next sample.
-  ("weight_decay_negative", lambda: _injected("weight_decay", -1.0)[1]),
+  ("weight_decay_negative", lambda: _injected("weight_decay", -1.0)[0]),
   ("hess_init_negative", lambda: _injected("hess_init", -1.0)[0]),
+  # Traced invalid values at init reach sigma, hence every sample.
+  ("ess_negative_at_init", lambda: _traced_init("ess", -10.0)),
+  ("weight_decay_negative_at_init", lambda: _traced_init("weight_decay", -1.0)),
+  ("hess_init_nan_at_init", lambda: _traced_init("hess_init", np.nan)),
   ("empty_sample_average_jit", _traced_empty_average),
 ]
 
@@ -182,8 +200,9 @@ def test_traced_bad_input_gives_nan(call):
   assert leaves and all(bool(jnp.all(jnp.isnan(leaf))) for leaf in leaves)
 
 
-def test_valid_injected_values_give_no_nan():
-  updates, noise = _injected("ess", 50.0)
+@pytest.mark.parametrize("name, value", [("ess", ESS), ("learning_rate", 0.2), ("beta2", 0.99)])
+def test_valid_injected_values_give_no_nan(name, value):
+  updates, noise = _injected(name, value)
   assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves((updates, noise)))
 
 
@@ -201,8 +220,8 @@ def test_injected_mask_works_with_static_args_or_as_a_pytree():
     optax.inject_hyperparams(ivon_optax.ivon)(LR, ESS, weight_decay_mask={"w": True, "b": False}),
   ):
     _, state = _step(tx, params)
-    decay = ivon_optax.find_ivon_state(state).weight_decay
-    chex.assert_trees_all_equal(decay, expected.weight_decay)
+    decay = ivon_optax.find_ivon_state(state).prior_precision
+    chex.assert_trees_all_equal(decay, expected.prior_precision)
     assert float(decay["w"]) > 0 and float(decay["b"]) == 0
 
 

@@ -29,7 +29,7 @@ def test_state_is_float32_for_half_precision_params(param_dtype):
     ivon_state.momentum["w"],
     ivon_state.hess["w"],
     ivon_state.ess,
-    ivon_state.weight_decay["w"],
+    ivon_state.prior_precision["w"],
   ):
     assert leaf.dtype == jnp.float32
   sampled, noise = ivon_optax.sample_params(jax.random.key(0), state, params)

@@ -68,9 +68,9 @@ def test_state_carries_the_mean_and_a_per_element_precision(params):
   tx = ivon_optax.ivon(0.1, ess=10.0, prior=GaussianPrior(_like(params, 0), precision))
   state = tx.init(params)[0]
   _assert_trees_equal(state.prior_mean, mean)
-  assert state.weight_decay["dense"]["kernel"].shape == (4, 8)
-  assert state.weight_decay["dense"]["bias"].shape == ()
-  assert float(state.weight_decay["dense"]["bias"]) == 2.0
+  assert state.prior_precision["dense"]["kernel"].shape == (4, 8)
+  assert state.prior_precision["dense"]["bias"].shape == ()
+  assert float(state.prior_precision["dense"]["bias"]) == 2.0
   # The structure is fixed: an update returns a state of the same structure.
   full_state = tx.init(params)
   _, noise = ivon_optax.sample_params(jax.random.key(0), full_state, params)
@@ -149,7 +149,7 @@ def _assert_same_run(actual, expected, params):
     lambda d, p: jnp.broadcast_to(d, jnp.shape(p)), decay, params
   )
   _assert_trees_equal(
-    per_element(actual_state.weight_decay), per_element(expected_state.weight_decay)
+    per_element(actual_state.prior_precision), per_element(expected_state.prior_precision)
   )
 
 
@@ -184,8 +184,8 @@ def test_weight_decay_mask_turns_the_prior_off(params):
     prior = GaussianPrior(_like(params, seed, -3.0, 3.0), precision=0.5)
     tx = ivon_optax.ivon(0.1, ess=10.0, prior=prior, weight_decay_mask=mask)
     state = tx.init(params)
-    assert float(state[0].weight_decay["dense"]["bias"]) == 0.0
-    assert float(state[0].weight_decay["dense"]["kernel"]) == 0.5
+    assert float(state[0].prior_precision["dense"]["bias"]) == 0.0
+    assert float(state[0].prior_precision["dense"]["kernel"]) == 0.5
     _, noise = ivon_optax.sample_params(jax.random.key(0), state, params)
     steps.append(tx.update(grads, state, params, noise=noise)[0])
   for leaf in ("kernel", "bias"):
@@ -498,17 +498,17 @@ def test_negative_or_non_finite_precision_is_an_error(params, bad):
 def test_invalid_precision_under_jit_gives_nan(params):
   """A traced precision cannot be checked: it must poison the state, not train quietly."""
   init = jax.jit(lambda precision: _init_with(params, GaussianPrior(None, precision)))
-  decay = ivon_optax.find_ivon_state(init(-1.0)).weight_decay
+  decay = ivon_optax.find_ivon_state(init(-1.0)).prior_precision
   assert all(bool(jnp.isnan(d)) for d in jax.tree.leaves(decay))
-  decay = ivon_optax.find_ivon_state(init(0.5)).weight_decay
+  decay = ivon_optax.find_ivon_state(init(0.5)).prior_precision
   assert all(float(d) == 0.5 for d in jax.tree.leaves(decay))
 
 
-@pytest.mark.parametrize("weight_decay", [0.0, 1e-3])
+@pytest.mark.parametrize("weight_decay", [0.0, 1e-3, 1e-4])
 def test_prior_and_weight_decay_together_is_an_error(params, weight_decay):
   with pytest.raises(ValueError, match="Pass either `prior` or `weight_decay`, not both"):
     ivon_optax.ivon(0.1, ess=10.0, weight_decay=weight_decay, prior=GaussianPrior(None, 0.1))
-  ivon_optax.ivon(0.1, ess=10.0, weight_decay=1e-4, prior=GaussianPrior(None, 0.1))  # default
+  ivon_optax.ivon(0.1, ess=10.0, weight_decay=None, prior=GaussianPrior(None, 0.1))  # not given
 
 
 def test_prior_must_be_a_gaussian_prior(params):

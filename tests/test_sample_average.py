@@ -68,8 +68,9 @@ def test_ivon_state_holds_two_param_sized_buffers():
   params = make_params()
   state = ivon_optax.find_ivon_state(ivon_optax.ivon(0.1, ESS).init(params))
   num_leaves = len(jax.tree.leaves(params))
-  # count, ess, hess_init, and one weight-decay scalar per leaf besides momentum and hess.
-  assert optax.tree.size(state) == 2 * optax.tree.size(params) + 3 + num_leaves
+  # count, ess, hess_init, hess_init_weight, prior_id and one prior-precision scalar
+  # per leaf besides momentum and hess.
+  assert optax.tree.size(state) == 2 * optax.tree.size(params) + 5 + num_leaves
 
 
 def test_statistic_must_match_hess_approx():

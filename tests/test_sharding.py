@@ -153,7 +153,7 @@ def test_state_sharding_uses_each_params_own_sharding():
   assert jax.tree.map(lambda s: s.spec, ivon_sharding.momentum) == specs
   assert jax.tree.map(lambda s: s.spec, ivon_sharding.hess) == specs
   # Per-leaf scalars, counts and the schedule's count are replicated.
-  assert ivon_sharding.weight_decay["kernel"].spec == P()
+  assert ivon_sharding.prior_precision["kernel"].spec == P()
   assert ivon_sharding.count.spec == P() and sharding[1].count.spec == P()
 
 

@@ -71,21 +71,22 @@ def test_usable_as_scan_carry(params):
   chex.assert_trees_all_close(scanned_state, looped_state, rtol=1e-5, atol=1e-6)
 
 
-def test_inject_hyperparams_matches_and_can_change_hyperparameters(params):
-  direct, _ = run(ivon_optax.ivon(LR, ESS, hess_init=0.5), params)
-  injected_tx = optax.inject_hyperparams(ivon_optax.ivon)(LR, ESS, hess_init=0.5)
+def test_inject_hyperparams_matches_and_can_change_the_step_hyperparameters(params):
+  direct, _ = run(ivon_optax.ivon(LR, ESS, hess_init=0.5, clip_radius=10.0), params)
+  injected_tx = optax.inject_hyperparams(ivon_optax.ivon)(
+    LR, ESS, hess_init=0.5, beta1=0.9, beta2=0.99999, clip_radius=10.0
+  )
   injected, state = run(injected_tx, params)
   chex.assert_trees_all_close(injected, direct, rtol=1e-6, atol=1e-7)
 
-  # Changing the float hyperparameters between steps acts like a fresh ivon()
-  # with them. The noise of the next sample still uses the ess and weight decay
-  # stored by the last update (they are read from the IVON state).
-  new_values = dict(learning_rate=0.2, ess=50.0, beta1=0.5, beta2=0.99, weight_decay=1e-2)
+  # Changing the step's hyperparameters between steps acts like a fresh ivon()
+  # with them, from the same IVON state.
+  new_values = dict(learning_rate=0.2, beta1=0.5, beta2=0.99, clip_radius=0.3)
   for name, value in new_values.items():
-    state.hyperparams[name] = jnp.asarray(value, state.hyperparams[name].dtype)
+    state.hyperparams[name] = jnp.asarray(value, jnp.float32)
   ivon_state = ivon_optax.find_ivon_state(state)
   injected_next, injected_state = run(injected_tx, injected, steps=1, state=state)
-  reference_tx = ivon_optax.ivon(new_values.pop("learning_rate"), hess_init=0.5, **new_values)
+  reference_tx = ivon_optax.ivon(new_values.pop("learning_rate"), ESS, hess_init=0.5, **new_values)
   expected, expected_state = run(
     reference_tx, injected, steps=1, state=(ivon_state, optax.EmptyState())
   )
@@ -94,7 +95,7 @@ def test_inject_hyperparams_matches_and_can_change_hyperparameters(params):
     ivon_optax.find_ivon_state(injected_state), expected_state[0], rtol=1e-6
   )
   unchanged, _ = run(
-    ivon_optax.ivon(LR, ESS, hess_init=0.5),
+    ivon_optax.ivon(LR, ESS, hess_init=0.5, clip_radius=10.0),
     injected,
     steps=1,
     state=(ivon_state, optax.EmptyState()),
@@ -176,7 +177,7 @@ def test_weight_decay_mask_follows_gpt2_recipe(params):
   no_decay_on_vectors = lambda p: jax.tree.map(lambda x: x.ndim > 1, p)
   tx = ivon_optax.ivon(LR, ESS, weight_decay=0.1, weight_decay_mask=no_decay_on_vectors)
   state = tx.init(params)
-  decay = ivon_optax.find_ivon_state(state).weight_decay
+  decay = ivon_optax.find_ivon_state(state).prior_precision
   assert float(decay["dense"]["kernel"]) == pytest.approx(0.1)
   assert float(decay["dense"]["bias"]) == 0.0
   # A masked-out leaf steps exactly like a run with weight_decay=0.
@@ -289,9 +290,9 @@ def _spiky_run(log_scale, beta2, weight_decay, seed, *, hess_approx, dtype):
     grads = {"w": (spikes * jax.random.normal(sign_key, (64,))).astype(dtype)}
     _, state = tx.update(grads, state, params, noise=noise)
     ivon_state = ivon_optax.find_ivon_state(state)
-    return state, jnp.min(ivon_state.hess["w"] + ivon_state.weight_decay["w"])
+    return state, jnp.min(ivon_state.hess["w"] + ivon_state.prior_precision["w"])
 
   keys = jax.random.split(jax.random.key(seed), 300)
   state, lowest_precision = jax.lax.scan(body, tx.init(params), keys)
   ivon_state = ivon_optax.find_ivon_state(state)
-  return lowest_precision, ivon_state.hess["w"] + ivon_state.weight_decay["w"]
+  return lowest_precision, ivon_state.hess["w"] + ivon_state.prior_precision["w"]

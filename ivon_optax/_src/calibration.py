@@ -29,15 +29,12 @@ from typing import NamedTuple
 import chex
 import jax
 import jax.numpy as jnp
-import optax
 
 from ivon_optax._src.checks import check_count
 from ivon_optax._src.checks import nan_unless
 from ivon_optax._src.checks import require
 from ivon_optax._src.metrics import check_labels
 from ivon_optax._src.metrics import negative_log_likelihood
-from ivon_optax._src.sampling import find_ivon_state
-from ivon_optax._src.transform import IVONState
 
 
 def _check_positive(name: str, value: chex.Array, fix: str) -> chex.Array:
@@ -157,48 +154,6 @@ def fit_temperature(
   bracket = (-jnp.log(high), -jnp.log(low))
   log_low, log_high = jax.lax.fori_loop(0, num_iterations, bisect, bracket)
   return nan_unless(valid, jnp.exp(-0.5 * (log_low + log_high)))
-
-
-def scale_posterior(state: optax.OptState, scale: chex.Array) -> optax.OptState:
-  r"""``state`` with IVON's posterior standard deviation scaled: $\sigma \to \tau\sigma$.
-
-  The IVON state's effective sample size becomes $\lambda/\tau^2$, so that
-  [`ivon_optax.sample_params`][], [`ivon_optax.posterior_std`][] and
-  [`ivon_optax.predict.sample_outputs`][] of the returned state draw from
-  $\mathcal{N}(m, \tau^2\sigma^2)$. With $\tau = 1$ the state
-  is unchanged and the samples are identical, key for key. The IVON state
-  is found inside any wrapper (``chain``, ``inject_hyperparams``, ...); for a
-  stack of ensemble members' states, one $\tau$ scales them all.
-
-  The scaled state is for prediction: training on from it would continue with
-  the scaled $\lambda$ in the update.
-
-  Examples:
-    >>> import jax.numpy as jnp, ivon_optax.calibration
-    >>> params = {"w": jnp.zeros(2)}
-    >>> state = ivon_optax.ivon(0.1, ess=4.0, hess_init=1.0, weight_decay=0.0).init(params)
-    >>> wider = ivon_optax.calibration.scale_posterior(state, 2.0)
-    >>> ivon_optax.posterior_std(wider, params)["w"]
-    Array([1., 1.], dtype=float32)
-
-  Args:
-    state: an optax state containing exactly one [`ivon_optax.IVONState`][].
-    scale: $\tau > 0$, a scalar.
-
-  Returns:
-    The state, its structure unchanged. Under ``jit``, a $\tau$ that is not
-    positive makes $\lambda$, hence every sample, NaN.
-  """
-  find_ivon_state(state)  # exactly one, or a ValueError that says so
-  valid = _check_positive("scale", scale, "Pass the posterior scale tau, e.g. 1.0 for none.")
-
-  def rescale(node):
-    if not isinstance(node, IVONState):
-      return node
-    ess = nan_unless(valid, node.ess / jnp.square(jnp.asarray(scale, node.ess.dtype)))
-    return node._replace(ess=ess.astype(node.ess.dtype))
-
-  return jax.tree.map(rescale, state, is_leaf=lambda node: isinstance(node, IVONState))
 
 
 class PosteriorScaleFit(NamedTuple):

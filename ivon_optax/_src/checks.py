@@ -1,4 +1,11 @@
-"""Argument rules shared by the package: estimators, dtypes, keys, counts and validity."""
+"""Argument rules shared by the package, and the one guard idiom.
+
+A value that can be checked where it is given is checked there and a mistake
+raises an error that names the argument and the fix ([`require`][]); a value
+that is traced (under ``jit``, ``vmap`` or ``inject_hyperparams``) cannot be,
+and an invalid one turns the result into NaN instead ([`nan_unless`][]).
+[`guard`][] applies both to a hyperparameter by the rules of [`RULES`][].
+"""
 
 import numbers
 from typing import Any
@@ -93,3 +100,75 @@ def require(valid: chex.Array, values: chex.Array, message: str) -> chex.Array:
 def nan_unless(valid: chex.Array, value: chex.Array) -> chex.Array:
   """``value`` where ``valid``, NaN elsewhere (``valid`` broadcasts against ``value``)."""
   return jnp.where(valid, value, jnp.nan)
+
+
+# --- Hyperparameters --------------------------------------------------------------
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _finite32(value):
+  # NaN compares false; written with operators so that it works on Python
+  # numbers, NumPy values and jax arrays alike.
+  return abs(value) <= FLOAT32_MAX
+
+
+# name: (rule, what the rule says). A rule maps a number or an array to a bool.
+RULES = {
+  "learning_rate": (lambda v: (v >= 0) & _finite32(v), "must be finite and >= 0"),
+  "ess": (
+    lambda v: (v > 0) & _finite32(v),
+    "must be > 0 and finite in float32 (use the training-set size)",
+  ),
+  "hess_init": (lambda v: (v > 0) & _finite32(v), "must be > 0 and finite (typical: 0.01 to 1)"),
+  "beta1": (lambda v: (v >= 0) & (v <= 1), "must be in [0, 1] (typical: 0.9)"),
+  "beta2": (lambda v: (v >= 0) & (v <= 1), "must be in [0, 1]"),
+  "weight_decay": (lambda v: (v >= 0) & _finite32(v), "must be finite and >= 0"),
+  "clip_radius": (lambda v: v > 0, "must be > 0 (float('inf') for no clipping)"),
+}
+
+
+def concrete_number(name: str, value: Any) -> float | None:
+  """``value`` as a float if it is a concrete real scalar; ``None`` if it is traced.
+
+  Raises:
+    TypeError: if ``value`` is not a real number or a scalar array of one.
+  """
+  if isinstance(value, jax.core.Tracer):
+    return None
+  try:
+    array = np.asarray(value)
+  except (TypeError, ValueError) as error:
+    raise TypeError(f"`{name}` must be a real number; got {type(value).__name__}.") from error
+  if not (jnp.issubdtype(array.dtype, jnp.number) or array.dtype == bool) or jnp.issubdtype(
+    array.dtype, jnp.complexfloating
+  ):
+    raise TypeError(
+      f"`{name}` must be a real number; got {type(value).__name__} {value!r} "
+      f"(dtype {array.dtype}). Pass e.g. {name}=10.0."
+    )
+  if array.ndim != 0:
+    raise TypeError(f"`{name}` must be a scalar; got an array of shape {array.shape}.")
+  return float(array)
+
+
+def guard(name: str, value: Any) -> Any:
+  """``value`` checked by the rule ``RULES[name]``: the one guard of IVON's hyperparameters.
+
+  A concrete value (a Python or NumPy number, a concrete array) that breaks
+  the rule raises a ``ValueError``; a valid one is returned unchanged, so that
+  Python numbers stay Python numbers in the formulas. A traced value becomes
+  ``where(valid, value, nan)``, a scalar operation, so that an invalid
+  injected or traced hyperparameter gives NaN, never a plausible step.
+
+  Raises:
+    TypeError: if ``value`` is not a real scalar.
+    ValueError: if ``value`` is concrete and breaks the rule.
+  """
+  rule, says = RULES[name]
+  number = concrete_number(name, value)
+  if number is None:
+    return nan_unless(rule(value), value)
+  if not rule(number):
+    raise ValueError(f"Invalid `{name}`={number!r}: it {says}.")
+  return value

@@ -47,8 +47,8 @@ from flax import nnx
 from flax import struct
 from flax.training import train_state
 
+from ivon_optax._src import posterior as _posterior
 from ivon_optax._src import predict
-from ivon_optax._src import sampling
 
 # --- Linen ---------------------------------------------------------------------
 
@@ -151,11 +151,11 @@ class TrainState(train_state.TrainState):
 
   def sample_params(self, key: chex.PRNGKey) -> tuple[Any, Any]:
     """One weight sample ``(sampled_params, noise)``, as [`ivon_optax.sample_params`][]."""
-    return sampling.sample_params(key, self.opt_state, self.params)
+    return _posterior.sample_params(key, self.opt_state, self.params)
 
   def posterior(self) -> tuple[Any, Any]:
     """The posterior ``(mean, std)`` of the params, as [`ivon_optax.posterior`][]."""
-    return sampling.posterior(self.opt_state, self.params)
+    return _posterior.posterior(self.opt_state, self.params)
 
   def apply_gradients(self, *, grads, noise=None, samples=None, **kwargs):
     """One IVON step: ``step + 1``, the mean moved by ``tx.update(grads, ..., noise=noise)``.
@@ -253,7 +253,7 @@ def sample_nnx_params(
     True
   """
   params, opt_state = nnx_params_and_state(optimizer, model)
-  return sampling.sample_params(key, opt_state, params)
+  return _posterior.sample_params(key, opt_state, params)
 
 
 def sample_nnx_model(

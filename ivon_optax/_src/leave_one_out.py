@@ -64,7 +64,7 @@ from ivon_optax._src.checks import nan_unless
 from ivon_optax._src.metrics import check_labels
 from ivon_optax._src.metrics import label_log_probs
 from ivon_optax._src.metrics import predicts_label
-from ivon_optax._src.sampling import posterior_std
+from ivon_optax._src.posterior import posterior_std
 from ivon_optax._src.sensitivity import ApplyFn
 from ivon_optax._src.sensitivity import _check_batch
 from ivon_optax._src.sensitivity import _num_examples

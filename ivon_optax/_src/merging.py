@@ -48,7 +48,7 @@ import optax
 from ivon_optax._src import trees as _trees
 from ivon_optax._src.checks import nan_unless
 from ivon_optax._src.checks import require
-from ivon_optax._src.sampling import posterior_precision
+from ivon_optax._src.posterior import posterior_precision
 
 TaskScales = chex.Numeric | Sequence[chex.Numeric]
 

@@ -35,7 +35,7 @@ from ivon_optax._src.checks import check_count
 from ivon_optax._src.checks import check_key
 from ivon_optax._src.checks import nan_unless
 from ivon_optax._src.checks import require
-from ivon_optax._src.sampling import sample_params
+from ivon_optax._src.posterior import sample_params
 
 
 def sample_outputs(

@@ -13,18 +13,24 @@ $$
 
 [`posterior_as_prior`][ivon_optax.posterior_as_prior] turns one run's posterior into the next run's
 prior (continual learning, fine-tuning that remembers where it started).
+
+The prior lives in the IVON state, so that a jitted step takes its arrays as
+arguments rather than constants. A fingerprint of its arrays, computed once
+when the transform is built, lets ``update`` refuse a state that carries
+another prior.
 """
 
+import hashlib
 from typing import Any
 from typing import NamedTuple
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from ivon_optax._src import trees as _trees
+from ivon_optax._src.checks import nan_unless
+from ivon_optax._src.checks import require
 
 
 class GaussianPrior(NamedTuple):
@@ -32,7 +38,7 @@ class GaussianPrior(NamedTuple):
 
   The precision is per example, in ``weight_decay``'s units: with effective
   sample size $\lambda$ the prior's precision is $\lambda \delta$,
-  and ``GaussianPrior(mean=zeros, precision=wd)`` is ``weight_decay=wd``.
+  and ``GaussianPrior(mean=None, precision=wd)`` is ``weight_decay=wd``.
 
   Examples:
     >>> import jax.numpy as jnp, ivon_optax
@@ -46,65 +52,16 @@ class GaussianPrior(NamedTuple):
   Attributes:
     mean: $\mu_0$, a pytree like the params; ``None`` for a prior centred
       at zero (then the state holds no copy of it).
-    precision: $\delta \ge 0$, finite: a scalar, or a pytree like the
-      params of scalars (one per leaf) or arrays of the param's shape (one
-      per element).
+    precision: $\delta \ge 0$, finite in the state's dtype: a scalar, or a
+      pytree like the params of scalars (one per leaf) or arrays of the
+      param's shape (one per element).
   """
 
   mean: Any
   precision: Any
 
 
-def _is_concrete(value) -> bool:
-  return not isinstance(value, jax.core.Tracer)
-
-
-def _check_precision_leaf(path: str, value) -> None:
-  """Raises a ``ValueError`` unless ``value`` is finite and >= 0 (when it is known)."""
-  if not _is_concrete(value):
-    return
-  array = np.asarray(value)
-  if not np.all(np.isfinite(array)) or np.any(array < 0):
-    raise ValueError(
-      f"Invalid `prior.precision`{path}: every entry must be finite and >= 0 "
-      f"(got min {float(np.min(array))!r}, max {float(np.max(array))!r}). It is "
-      "the prior precision per example, in weight_decay's units."
-    )
-
-
-def _nan_unless_valid(value):
-  """``value``, with NaN where it is negative or not finite: the error that survives ``jit``."""
-  return jnp.where(jnp.isfinite(value) & (value >= 0), value, jnp.nan)
-
-
-def _precision_tree(precision, params):
-  """The precision as one scalar or array per param leaf, checked against the params."""
-  if jax.tree_util.all_leaves([precision]) and jnp.ndim(precision) == 0:
-    _check_precision_leaf("", precision)
-    return jax.tree.map(lambda _: precision, params)
-  fix = "Pass a scalar, or a tree like the params of scalars or arrays of each param's shape."
-  treedef = jax.tree.structure(params, is_leaf=_trees.is_masked)
-  try:
-    leaves = treedef.flatten_up_to(precision)
-  except (ValueError, TypeError) as error:
-    raise ValueError(
-      f"`prior.precision` must be a scalar or have the tree structure of `params`; "
-      f"got {jax.tree.structure(precision)}, expected {treedef}. {fix}"
-    ) from error
-  paths = jax.tree_util.tree_flatten_with_path(params, is_leaf=_trees.is_masked)[0]
-  for (path, param), leaf in zip(paths, leaves, strict=True):
-    if _trees.is_masked(param):
-      continue
-    if jnp.ndim(leaf) != 0 and jnp.shape(leaf) != jnp.shape(param):
-      raise ValueError(
-        f"`prior.precision` at {jax.tree_util.keystr(path)} has shape {jnp.shape(leaf)} "
-        f"but the param has shape {jnp.shape(param)}. {fix}"
-      )
-    _check_precision_leaf(f" at {jax.tree_util.keystr(path)}", leaf)
-  return treedef.unflatten(leaves)
-
-
-def check_prior_type(prior) -> None:
+def check_prior_type(prior: Any) -> None:
   """Raises a ``TypeError`` unless ``prior`` is a [`GaussianPrior`][ivon_optax.GaussianPrior]."""
   if not isinstance(prior, GaussianPrior):
     raise TypeError(
@@ -112,76 +69,126 @@ def check_prior_type(prior) -> None:
     )
 
 
-def prior_buffers(prior: GaussianPrior, keep, params, dtype_of):
-  r"""The state's ``(weight_decay, prior_mean)`` for ``prior``.
+def _is_real_array_like(value: Any) -> bool:
+  dtype = getattr(value, "dtype", None)
+  if dtype is None:
+    dtype = np.asarray(value).dtype if isinstance(value, (int, float, np.number)) else None
+  return dtype is not None and (
+    np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating) or dtype == jnp.bfloat16
+  )
+
+
+def _checked_leaf(what: str, value: Any, dtype: Any, nonnegative: bool) -> Any:
+  """``value`` in ``dtype``, checked finite (and >= 0) after the cast: raise, or NaN if traced."""
+  if not _is_real_array_like(value):
+    raise TypeError(
+      f"`{what}` must hold real numbers (floats or arrays of them); got "
+      f"{type(value).__name__} {value!r}."
+    )
+  value = jnp.asarray(value, dtype)
+  valid = jnp.isfinite(value) & (value >= 0) if nonnegative else jnp.isfinite(value)
+  rule = "finite and >= 0" if nonnegative else "finite"
+  require(
+    valid,
+    value,
+    f"Invalid `{what}`: every entry must be {rule} in {jnp.dtype(dtype).name} (found {{}}). "
+    "The precision is per example, in weight_decay's units; the mean is a point in weight space.",
+  )
+  return nan_unless(valid, value)
+
+
+def leaf_precisions(prior: GaussianPrior | None, weight_decay: Any, keep: Any, params) -> Any:
+  r"""$\delta$ per param leaf as given: a scalar or an array, 0 where ``keep`` is ``False``.
 
   Args:
-    prior: the [`GaussianPrior`][ivon_optax.GaussianPrior].
-    keep: one scalar per param leaf, 1 where the prior applies and 0 where
-      ``weight_decay_mask`` turns it off ($\delta = 0$: no pull).
+    prior: the [`GaussianPrior`][ivon_optax.GaussianPrior], or ``None`` for ``weight_decay``.
+    weight_decay: $\delta$ when there is no prior (a scalar).
+    keep: one Python bool per param leaf, ``False`` where ``weight_decay_mask``
+      turns the prior off.
     params: the params (``MaskedNode`` at positions IVON does not manage).
-    dtype_of: the state dtype of a param.
-
-  Returns:
-    $\delta$ per leaf (scalar or array) and $\mu_0$ like the
-    params in the state dtype, or ``()`` when ``prior.mean`` is ``None``.
 
   Raises:
-    TypeError: if ``prior`` is not a [`GaussianPrior`][ivon_optax.GaussianPrior].
-    ValueError: if its trees are unlike ``params`` or the precision is
-      negative or not finite.
+    ValueError: if the precision is neither a scalar nor a tree like ``params``
+      of scalars or arrays of each param's shape.
   """
-  check_prior_type(prior)
-  precision = _precision_tree(prior.precision, params)
-  weight_decay = _trees.map_unmasked(
-    lambda p, k, d: _nan_unless_valid(k * jnp.asarray(d, dtype_of(p))), params, keep, precision
+  precision = weight_decay if prior is None else prior.precision
+  treedef = jax.tree.structure(params, is_leaf=_trees.is_masked)
+  if jax.tree_util.all_leaves([precision]) and jnp.ndim(precision) == 0:
+    leaves = [precision] * treedef.num_leaves
+  else:
+    fix = "Pass a scalar, or a tree like the params of scalars or arrays of each param's shape."
+    try:
+      leaves = treedef.flatten_up_to(precision)
+    except (ValueError, TypeError) as error:
+      raise ValueError(
+        f"`prior.precision` must be a scalar or have the tree structure of `params`; "
+        f"got {jax.tree.structure(precision)}, expected {treedef}. {fix}"
+      ) from error
+    paths = jax.tree_util.tree_flatten_with_path(params, is_leaf=_trees.is_masked)[0]
+    for (path, param), leaf in zip(paths, leaves, strict=True):
+      if not _trees.is_masked(param) and jnp.ndim(leaf) and jnp.shape(leaf) != jnp.shape(param):
+        raise ValueError(
+          f"`prior.precision` at {jax.tree_util.keystr(path)} has shape {jnp.shape(leaf)} "
+          f"but the param has shape {jnp.shape(param)}. {fix}"
+        )
+  keep_leaves = treedef.flatten_up_to(keep)
+  return treedef.unflatten(
+    [delta if kept else 0.0 for delta, kept in zip(leaves, keep_leaves, strict=True)]
   )
-  if prior.mean is None:
-    return weight_decay, ()
+
+
+def prior_precision(prior: GaussianPrior | None, weight_decay: Any, keep: Any, params, dtype_of):
+  r"""$\delta$ per param leaf as the state holds it, in the state dtype.
+
+  A scalar per leaf (0 where ``keep`` is ``False``) or, for a per-element
+  prior precision, an array of the param's shape. Arguments as for
+  [`leaf_precisions`][].
+
+  Raises:
+    TypeError, ValueError: if the precision is not real, unlike ``params``,
+      negative or not finite in the state dtype.
+  """
+  return _trees.map_unmasked(
+    lambda p, delta: _checked_leaf("prior.precision", delta, dtype_of(p), nonnegative=True),
+    params,
+    leaf_precisions(prior, weight_decay, keep, params),
+  )
+
+
+def prior_mean(prior: GaussianPrior | None, params, dtype_of):
+  r"""$\mu_0$ like the params in the state dtype, or ``()`` for a prior at zero."""
+  if prior is None or prior.mean is None:
+    return ()
   fix = "Pass a prior mean with the params' structure and shapes (e.g. the pretrained params)."
   _trees.check_like_params("prior.mean", prior.mean, params, fix)
-  mean = _trees.map_unmasked(lambda p, mu: jnp.asarray(mu, dtype_of(p)), params, prior.mean)
-  return weight_decay, mean
+  return _trees.map_unmasked(
+    lambda p, mu: _checked_leaf("prior.mean", mu, dtype_of(p), nonnegative=False),
+    params,
+    prior.mean,
+  )
 
 
-def posterior_as_prior(
-  state: optax.OptState, params: optax.Params, ess: chex.Numeric
-) -> GaussianPrior:
-  r"""IVON's posterior as the prior of a next run with effective sample size ``ess``.
+def fingerprint(prior: GaussianPrior | None) -> int | None:
+  """A 31-bit fingerprint of the prior's arrays (mean, per-element precision); 0 for none.
 
-  The posterior $\mathcal{N}(m, 1/(\lambda_1 (h + \delta)))$ is carried
-  over exactly: the next run's prior is $\mathcal{N}(\mu_0,
-  1/(\lambda_2 \delta_2))$ with
-
-  $$
-  \mu_0 = m, \qquad \delta_2 = \lambda_1 (h + \delta) / \lambda_2 .
-  $$
-
-  Leaves that IVON does not manage get precision 0.
-
-  Examples:
-    >>> import jax.numpy as jnp, ivon_optax
-    >>> params = {"w": jnp.ones(2)}
-    >>> state = ivon_optax.ivon(0.1, ess=100.0, hess_init=0.5, weight_decay=0.0).init(params)
-    >>> prior = ivon_optax.posterior_as_prior(state, params, ess=50.0)
-    >>> prior.precision["w"]  # 100 * 0.5 / 50
-    Array([1., 1.], dtype=float32)
-    >>> tx = ivon_optax.ivon(0.1, ess=50.0, prior=prior)  # the next task's optimizer
-
-  Args:
-    state: an optax state containing exactly one [`ivon_optax.IVONState`][].
-    params: the posterior mean $m$, the params that state was trained with.
-    ess: $\lambda_2$ (> 0), the next run's effective sample size.
-
-  Returns:
-    A [`GaussianPrior`][ivon_optax.GaussianPrior] with ``mean=params`` and per-element precision.
+  Scalar precisions are left out: the state holds them as values that
+  ``update`` compares directly. ``None`` when an array cannot be read here
+  (traced, or not addressable from this process): then nothing is compared.
   """
-  # Imported here: sampling imports the transform, which imports this module.
-  from ivon_optax._src.sampling import posterior_precision
-
-  if _is_concrete(ess) and not float(ess) > 0:
-    raise ValueError(
-      f"Invalid `ess`={float(ess)!r}: it must be > 0, the next run's effective sample size."
-    )
-  precision = posterior_precision(state, params)
-  return GaussianPrior(mean=params, precision=jax.tree.map(lambda p: p / ess, precision))
+  if prior is None:
+    return 0
+  arrays = jax.tree.leaves(prior.mean) + [
+    leaf for leaf in jax.tree.leaves(prior.precision) if jnp.ndim(leaf) > 0
+  ]
+  if not arrays:
+    return 0
+  digest = hashlib.blake2b(digest_size=4)
+  for leaf in arrays:
+    if isinstance(leaf, jax.core.Tracer) or (
+      isinstance(leaf, jax.Array) and not leaf.is_fully_addressable
+    ):
+      return None
+    array = np.asarray(leaf)
+    digest.update(f"{array.shape}{array.dtype}".encode())
+    digest.update(np.ascontiguousarray(array).tobytes())
+  return int.from_bytes(digest.digest(), "little") & 0x7FFFFFFF or 1

@@ -69,9 +69,9 @@ from ivon_optax._src.checks import check_key
 from ivon_optax._src.checks import nan_unless
 from ivon_optax._src.checks import require
 from ivon_optax._src.metrics import check_labels
+from ivon_optax._src.posterior import posterior_std
+from ivon_optax._src.posterior import sample_params
 from ivon_optax._src.predict import variance_from_sums
-from ivon_optax._src.sampling import posterior_std
-from ivon_optax._src.sampling import sample_params
 
 ApplyFn = Callable[[Any, Any], chex.Array]
 """``apply_fn(params, inputs) -> outputs`` on a batch: inputs carry a leading batch axis."""

@@ -21,7 +21,7 @@ import jax
 import optax
 
 from ivon_optax._src import trees as _trees
-from ivon_optax._src.transform import IVONState
+from ivon_optax._src.algorithm import IVONState
 
 
 def _param_sharding(param: Any) -> jax.sharding.Sharding:

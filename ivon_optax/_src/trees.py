@@ -17,6 +17,11 @@ def is_masked(node: Any) -> bool:
   return isinstance(node, optax.MaskedNode)
 
 
+def is_empty(tree: Any) -> bool:
+  """Whether ``tree`` is ``()``, the placeholder of an absent per-parameter buffer."""
+  return isinstance(tree, tuple) and not tree
+
+
 def check_like_params(name: str, tree: Any, params: Any, fix: str, like: str = "`params`") -> None:
   """Raises a ``ValueError`` unless ``tree`` has the structure and shapes of ``params``.
 
