@@ -5,13 +5,13 @@ from ivon_optax._src.leave_one_out import leave_one_out
 from ivon_optax._src.leave_one_out import loo_change
 from ivon_optax._src.leave_one_out import loo_from_change
 from ivon_optax._src.leave_one_out import softmax_error_and_curvature
+from ivon_optax._src.prediction_variance import prediction_covariance
+from ivon_optax._src.prediction_variance import prediction_variance
+from ivon_optax._src.prediction_variance import sampled_prediction_variance
 from ivon_optax._src.sensitivity import Sensitivity
 from ivon_optax._src.sensitivity import classification_sensitivity
 from ivon_optax._src.sensitivity import gaussian_sensitivity
-from ivon_optax._src.sensitivity import prediction_covariance
-from ivon_optax._src.sensitivity import prediction_variance
 from ivon_optax._src.sensitivity import regression_sensitivity
-from ivon_optax._src.sensitivity import sampled_prediction_variance
 from ivon_optax._src.sensitivity import softmax_sensitivity
 
 __all__ = (

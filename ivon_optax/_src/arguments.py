@@ -255,3 +255,16 @@ def sample_average_statistic(samples, hess_approx: str, params, fix: str):
   _trees.check_like_params("samples", statistic, params, fix)
   check_real("samples", statistic)
   return statistic
+
+
+def mean_over_axis(trees, axis_name: str):
+  # Probe with axis_size: it raises NameError for an unbound name, whereas
+  # pmean under shard_map (check_vma=True) fails with a bare AssertionError.
+  try:
+    jax.lax.axis_size(axis_name)
+  except NameError as error:
+    raise ValueError(
+      f"`axis_name`={axis_name!r} is not a mapped axis here: call the update "
+      "inside shard_map/pmap over that mesh axis, or pass axis_name=None."
+    ) from error
+  return jax.lax.pmean(trees, axis_name)

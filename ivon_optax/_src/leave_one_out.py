@@ -65,11 +65,11 @@ from ivon_optax._src.metrics import check_labels
 from ivon_optax._src.metrics import label_log_probs
 from ivon_optax._src.metrics import predicts_label
 from ivon_optax._src.posterior import posterior_std
-from ivon_optax._src.sensitivity import ApplyFn
-from ivon_optax._src.sensitivity import _check_batch
-from ivon_optax._src.sensitivity import _num_examples
-from ivon_optax._src.sensitivity import prediction_covariance
-from ivon_optax._src.sensitivity import prediction_variance
+from ivon_optax._src.prediction_variance import ApplyFn
+from ivon_optax._src.prediction_variance import check_batch
+from ivon_optax._src.prediction_variance import num_examples
+from ivon_optax._src.prediction_variance import prediction_covariance
+from ivon_optax._src.prediction_variance import prediction_variance
 
 LOOMethod = Literal["diagonal", "block", "leverage"]
 LOO_METHODS = ("diagonal", "block", "leverage")
@@ -343,7 +343,7 @@ def leave_one_out(
     A [`LOOEstimate`][ivon_optax.sensitivity.LOOEstimate] of scalars.
   """
   _check_method(method)
-  _check_batch("labels", labels, _num_examples(inputs))
+  check_batch("labels", labels, num_examples(inputs))
   # Refuse bad labels before the Jacobians, the expensive part.
   check_labels(labels, jax.eval_shape(apply_fn, params, inputs).shape[-1])
   std = posterior_std(state, params)

@@ -226,7 +226,7 @@ def scale_by_ivon(
       for tree in (grads, statistic)
     )
     if axis_name is not None:
-      grads, statistic = _mean_over_axis((grads, statistic), axis_name)
+      grads, statistic = arguments.mean_over_axis((grads, statistic), axis_name)
     ok = arguments.consistent(
       state,
       params,
@@ -276,57 +276,22 @@ def scale_by_ivon(
       state.prior_precision,
       prior_mean,
     )
-    momentum, hess, direction = _unzip3(new, state.momentum)
+    momentum, hess, direction = _trees.unzip3(new, state.momentum)
     new_state = state._replace(
       count=count,
       momentum=momentum,
       hess=hess,
       hess_init_weight=state.hess_init_weight * jnp.asarray(beta2, state.hess_init_weight.dtype),
     )
-    return _like_params(direction, state.hess, updates, params), new_state
+    return _trees.place_like_params(direction, state.hess, updates, params), new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
-
-
-def _unzip3(tree, like):
-  """Three trees like ``like`` from a tree of 3-tuples at its unmasked leaves."""
-  pick = lambda i: jax.tree.map(
-    lambda node, out: node if _trees.is_masked(node) else out[i],
-    like,
-    tree,
-    is_leaf=_trees.is_masked,
-  )
-  return pick(0), pick(1), pick(2)
 
 
 def _one_sample_statistic(grad, noise, dtype, hess_approx):
   """One sample's Hessian statistic: ``noise * grad`` (price) or ``grad**2`` (gradsq)."""
   grad = jnp.asarray(grad, dtype)
   return noise.astype(dtype) * grad if hess_approx == "price" else jnp.square(grad)
-
-
-def _like_params(direction, hess, updates, params):
-  """The step in each param's tree: zero for integer leaves, masked nodes kept."""
-
-  def place(h, u, g, p):
-    if _trees.is_masked(h):
-      return g if _trees.is_masked(g) else jnp.zeros_like(p)
-    return u
-
-  return jax.tree.map(place, hess, direction, updates, params, is_leaf=_trees.is_masked)
-
-
-def _mean_over_axis(trees, axis_name: str):
-  # Probe with axis_size: it raises NameError for an unbound name, whereas
-  # pmean under shard_map (check_vma=True) fails with a bare AssertionError.
-  try:
-    jax.lax.axis_size(axis_name)
-  except NameError as error:
-    raise ValueError(
-      f"`axis_name`={axis_name!r} is not a mapped axis here: call the update "
-      "inside shard_map/pmap over that mesh axis, or pass axis_name=None."
-    ) from error
-  return jax.lax.pmean(trees, axis_name)
 
 
 def ivon(

@@ -9,6 +9,7 @@ with the full tree of parameters, gradients or noise.
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
 
 
@@ -96,3 +97,25 @@ def expand_masked(tree: Any, params: Any) -> Any:
       f"line up with `params` ({jax.tree.structure(params, is_leaf=is_masked)}). Pass the "
       "params this optimizer state was created for."
     ) from error
+
+
+def unzip3(tree, like):
+  """Three trees like ``like`` from a tree of 3-tuples at its unmasked leaves."""
+  pick = lambda i: jax.tree.map(
+    lambda node, out: node if is_masked(node) else out[i],
+    like,
+    tree,
+    is_leaf=is_masked,
+  )
+  return pick(0), pick(1), pick(2)
+
+
+def place_like_params(direction, hess, updates, params):
+  """The step in each param's tree: zero for integer leaves, masked nodes kept."""
+
+  def place(h, u, g, p):
+    if is_masked(h):
+      return g if is_masked(g) else jnp.zeros_like(p)
+    return u
+
+  return jax.tree.map(place, hess, direction, updates, params, is_leaf=is_masked)
