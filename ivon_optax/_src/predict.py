@@ -35,7 +35,7 @@ from ivon_optax._src.checks import check_count
 from ivon_optax._src.checks import check_key
 from ivon_optax._src.checks import nan_unless
 from ivon_optax._src.checks import require
-from ivon_optax._src.posterior import sample_params
+from ivon_optax._src.posterior import draw
 
 
 def sample_outputs(
@@ -95,7 +95,7 @@ def sample_outputs(
   keys = jax.random.split(key, num_samples)
 
   def outputs_at(sample_key):
-    sampled, _ = sample_params(sample_key, state, params)
+    sampled, _ = draw(sample_key, state, params)
     return apply_fn(sampled, *inputs)
 
   if batch_size is None or batch_size >= num_samples:
@@ -166,6 +166,8 @@ def predictive_log_probs(logits: chex.Array, axis: int = 0) -> chex.Array:
       "class axis (last), e.g. (num_samples, batch, num_classes)."
     )
   num_samples = _check_sample_axis("logits", logits, axis)
+  if jnp.shape(logits)[-1] == 0:
+    raise ValueError(f"`logits` with shape {jnp.shape(logits)} has an empty class axis (last).")
   log_probs = jax.nn.log_softmax(logits, axis=-1)
   return jax.nn.logsumexp(log_probs, axis=axis) - jnp.log(num_samples).astype(log_probs.dtype)
 
