@@ -61,11 +61,16 @@ import jax.numpy as jnp
 import optax
 
 from ivon_optax._src.checks import nan_unless
+from ivon_optax._src.checks import real_array
 from ivon_optax._src.checks import require
+from ivon_optax._src.metrics import check_class_axis
+from ivon_optax._src.metrics import check_eps
+from ivon_optax._src.metrics import check_label_shape
 from ivon_optax._src.metrics import check_labels
 from ivon_optax._src.posterior import posterior_std
 from ivon_optax._src.prediction_variance import ApplyFn
 from ivon_optax._src.prediction_variance import check_batch
+from ivon_optax._src.prediction_variance import check_classifier_labels
 from ivon_optax._src.prediction_variance import num_examples
 from ivon_optax._src.prediction_variance import prediction_variance
 
@@ -116,12 +121,13 @@ def softmax_sensitivity(
   """
   if jnp.ndim(logits) != 2:
     raise ValueError(f"`logits` must have shape (n, classes); got {jnp.shape(logits)}.")
-  check_batch("labels", labels, logits.shape[0])
+  check_class_axis(logits, "logits")
+  check_label_shape(labels, jnp.shape(logits)[0])
   if jnp.shape(variance) != jnp.shape(logits):
     raise ValueError(
       f"`variance` must have the shape of `logits` {jnp.shape(logits)}; got {jnp.shape(variance)}."
     )
-  valid = check_labels(labels, logits.shape[-1])
+  valid = check_labels(labels, logits.shape[-1]) & check_eps(eps, 0.5)
   probs = jax.nn.softmax(logits, axis=-1)
   one_hot = jax.nn.one_hot(labels, logits.shape[-1], dtype=probs.dtype)
   error = nan_unless(valid[:, None], probs - one_hot)
@@ -165,7 +171,8 @@ def gaussian_sensitivity(
     outputs: ``(n,)`` or ``(n, k)`` predictions $f_i$ at the mean.
     targets: targets of the same shape.
     variance: prediction variances $v_i$ of the same shape.
-    noise_variance: the likelihood's variance $s^2$ (> 0).
+    noise_variance: the likelihood's variance $s^2$ (> 0): a scalar, or an
+      array of the shape of ``outputs`` (heteroscedastic noise).
 
   Returns:
     A [`Sensitivity`][ivon_optax.sensitivity.Sensitivity] whose ``score`` has shape ``(n,)``. Under
@@ -178,6 +185,13 @@ def gaussian_sensitivity(
     )
   if jnp.ndim(outputs) not in (1, 2):
     raise ValueError(f"`outputs` must have shape (n,) or (n, k); got {jnp.shape(outputs)}.")
+  noise_variance = real_array("noise_variance", noise_variance)
+  if jnp.ndim(noise_variance) != 0 and jnp.shape(noise_variance) != jnp.shape(outputs):
+    raise ValueError(
+      f"`noise_variance` must be a scalar s^2, or one per output of the shape of `outputs` "
+      f"{jnp.shape(outputs)}; got shape {jnp.shape(noise_variance)}. (Other shapes are "
+      "ambiguous: a (n,) vector against (n, k) outputs would broadcast per output column.)"
+    )
   noise_variance = jnp.asarray(noise_variance)
   valid = require(
     noise_variance > 0,
@@ -189,12 +203,6 @@ def gaussian_sensitivity(
   change = variance * error
   score = jnp.abs(change) if jnp.ndim(change) == 1 else jnp.sum(jnp.abs(change), axis=-1)
   return Sensitivity(outputs, error, variance, change, score)
-
-
-def _outputs_and_variance(apply_fn, state, params, inputs, chunk_size):
-  r"""$f_i$ and $v_i$ at the mean, with $\sigma$ read from the IVON state."""
-  std = posterior_std(state, params)
-  return prediction_variance(apply_fn, params, std, inputs, chunk_size=chunk_size)
 
 
 def classification_sensitivity(
@@ -240,11 +248,10 @@ def classification_sensitivity(
     A [`Sensitivity`][ivon_optax.sensitivity.Sensitivity] for every example; rank examples by
     ``score``.
   """
-  check_batch("labels", labels, num_examples(inputs))
-  # Refuse bad labels before the Jacobians, the expensive part; the shape of
-  # the logits costs a trace only.
-  check_labels(labels, jax.eval_shape(apply_fn, params, inputs).shape[-1])
-  logits, variance = _outputs_and_variance(apply_fn, state, params, inputs, chunk_size)
+  std = posterior_std(state, params)  # first: a state that does not fit raises here
+  check_classifier_labels(apply_fn, params, inputs, labels)
+  check_eps(eps, 0.5)
+  logits, variance = prediction_variance(apply_fn, params, std, inputs, chunk_size=chunk_size)
   return softmax_sensitivity(logits, labels, variance, eps=eps)
 
 
@@ -288,6 +295,7 @@ def regression_sensitivity(
   Returns:
     A [`Sensitivity`][ivon_optax.sensitivity.Sensitivity].
   """
+  std = posterior_std(state, params)
   check_batch("targets", targets, num_examples(inputs))
-  outputs, variance = _outputs_and_variance(apply_fn, state, params, inputs, chunk_size)
+  outputs, variance = prediction_variance(apply_fn, params, std, inputs, chunk_size=chunk_size)
   return gaussian_sensitivity(outputs, targets, variance, noise_variance=noise_variance)
