@@ -62,6 +62,7 @@ import jax.numpy as jnp
 import optax
 
 from ivon_optax._src.checks import nan_unless
+from ivon_optax._src.checks import require
 from ivon_optax._src.metrics import check_class_axis
 from ivon_optax._src.metrics import check_eps
 from ivon_optax._src.metrics import check_label_shape
@@ -150,8 +151,9 @@ def loo_from_change(
     eps: the floor on the probabilities inside the log, in ``[0, 1)``.
 
   Returns:
-    A [`LOOEstimate`][ivon_optax.sensitivity.LOOEstimate]; all NaN under ``jit`` if a label or
-    ``eps`` is invalid.
+    A [`LOOEstimate`][ivon_optax.sensitivity.LOOEstimate]. An invalid label or ``eps``, or a
+    NaN logit or change, raises a ``ValueError``; under ``jit`` it makes every field but
+    ``num_below_train`` NaN.
   """
   if jnp.ndim(logits) != 2 or jnp.shape(change) != jnp.shape(logits):
     raise ValueError(
@@ -163,6 +165,9 @@ def loo_from_change(
   if jnp.shape(logits)[0] == 0:
     raise ValueError("`logits` and `labels` hold no example: leave-one-out needs at least one.")
   valid = jnp.all(check_labels(labels, jnp.shape(logits)[-1])) & check_eps(eps, 1.0)
+  for name, values in (("logits", logits), ("change", change)):
+    values = jnp.asarray(values)
+    valid &= jnp.all(require(~jnp.isnan(values), values, f"`{name}` must not be NaN; found {{}}."))
   loo_nlls = _example_nlls(logits + change, labels, eps)
   train_nlls = _example_nlls(logits, labels, eps)
   num_below = jnp.sum(below_train(loo_nlls, train_nlls), dtype=jnp.int32)
@@ -253,7 +258,8 @@ def loo_change(
     method: ``"diagonal"``, ``"block"`` or ``"leverage"``.
 
   Returns:
-    ``(n, k)`` changes $\Delta f_i$.
+    ``(n, k)`` changes $\Delta f_i$. A block with a negative or NaN variance
+    on its diagonal raises a ``ValueError``; under ``jit`` its row is NaN.
   """
   _check_method(method)
   if jnp.ndim(error) != 2 or jnp.shape(covariance) != (*jnp.shape(error), jnp.shape(error)[-1]):
@@ -266,8 +272,16 @@ def loo_change(
       f"`curvature` must have the shape of `covariance` {jnp.shape(covariance)}; got "
       f"{jnp.shape(curvature)}."
     )
+  variances = jnp.diagonal(covariance, axis1=-2, axis2=-1)
+  valid = require(
+    variances >= 0,
+    variances,
+    "`covariance` must hold positive semi-definite blocks A_i = J_i Sigma J_i^T; found "
+    "diagonal entries (variances) {}, below 0 or NaN.",
+  )
+  error = nan_unless(jnp.all(valid, axis=-1, keepdims=True), error)
   if method == "diagonal":
-    return jnp.diagonal(covariance, axis1=-2, axis2=-1) * error
+    return variances * error
   step = jnp.einsum("nkl,nl->nk", covariance, error)
   if method == "block":
     return step

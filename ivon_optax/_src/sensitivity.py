@@ -85,6 +85,21 @@ class Sensitivity(NamedTuple):
   score: chex.Array  # (n,) float: s_i, the estimated L1 change of the prediction.
 
 
+def _not_nan(name: str, values: chex.Array) -> chex.Array:
+  values = jnp.asarray(values)
+  return require(~jnp.isnan(values), values, f"`{name}` must not be NaN; found {{}}.")
+
+
+def _variances(variance: chex.Array) -> chex.Array:
+  variance = jnp.asarray(variance)
+  return require(
+    variance >= 0,
+    variance,
+    "`variance` must hold prediction variances >= 0 (no NaN); found {}. Pass "
+    "prediction_variance's, or sampled_prediction_variance's.",
+  )
+
+
 def softmax_sensitivity(
   logits: chex.Array, labels: chex.Array, variance: chex.Array, *, eps: float = 1e-10
 ) -> Sensitivity:
@@ -116,8 +131,9 @@ def softmax_sensitivity(
     eps: clip of the softmax curvature $\lambda$.
 
   Returns:
-    A [`Sensitivity`][ivon_optax.sensitivity.Sensitivity]. Under ``jit``, the rows of an invalid
-    label are NaN (all but ``outputs`` and ``variance``).
+    A [`Sensitivity`][ivon_optax.sensitivity.Sensitivity]. An invalid label, a NaN logit or a
+    negative or NaN variance raises a ``ValueError``; under ``jit`` it makes its row NaN (all
+    fields but ``outputs`` and ``variance``).
   """
   if jnp.ndim(logits) != 2:
     raise ValueError(f"`logits` must have shape (n, classes); got {jnp.shape(logits)}.")
@@ -127,7 +143,11 @@ def softmax_sensitivity(
     raise ValueError(
       f"`variance` must have the shape of `logits` {jnp.shape(logits)}; got {jnp.shape(variance)}."
     )
-  valid = check_labels(labels, logits.shape[-1]) & check_eps(eps, 0.5)
+  valid = (
+    check_labels(labels, logits.shape[-1])
+    & check_eps(eps, 0.5)
+    & jnp.all(_not_nan("logits", logits) & _variances(variance), axis=-1)
+  )
   probs = jax.nn.softmax(logits, axis=-1)
   one_hot = jax.nn.one_hot(labels, logits.shape[-1], dtype=probs.dtype)
   error = nan_unless(valid[:, None], probs - one_hot)
@@ -175,8 +195,9 @@ def gaussian_sensitivity(
       array of the shape of ``outputs`` (heteroscedastic noise).
 
   Returns:
-    A [`Sensitivity`][ivon_optax.sensitivity.Sensitivity] whose ``score`` has shape ``(n,)``. Under
-    ``jit`` a ``noise_variance`` <= 0 makes ``error``, ``change`` and ``score`` NaN.
+    A [`Sensitivity`][ivon_optax.sensitivity.Sensitivity] whose ``score`` has shape ``(n,)``. A
+    ``noise_variance`` <= 0, a NaN output or target, or a negative or NaN variance raises a
+    ``ValueError``; under ``jit`` it makes ``error``, ``change`` and ``score`` NaN.
   """
   if jnp.shape(targets) != jnp.shape(outputs) or jnp.shape(variance) != jnp.shape(outputs):
     raise ValueError(
@@ -199,7 +220,8 @@ def gaussian_sensitivity(
     "`noise_variance` must be > 0, the variance s^2 of the Gaussian likelihood the "
     "model was trained with (loss |y - f|^2 / (2 s^2)); got {}.",
   )
-  error = nan_unless(jnp.all(valid), (outputs - targets) / noise_variance)
+  valid = valid & _not_nan("outputs", outputs) & _not_nan("targets", targets) & _variances(variance)
+  error = nan_unless(valid, (outputs - targets) / noise_variance)
   change = variance * error
   score = jnp.abs(change) if jnp.ndim(change) == 1 else jnp.sum(jnp.abs(change), axis=-1)
   return Sensitivity(outputs, error, variance, change, score)
