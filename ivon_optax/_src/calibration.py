@@ -208,7 +208,7 @@ def fit_temperature(
   Returns:
     $\hat T$, a float32 (or float64) scalar. Under ``jit``, NaN for an
     invalid label, a NaN or impossible logit, or bounds that are not
-    ``0 < T_min < T_max``; on concrete values these raise a ``ValueError``.
+    ``0 < T_min < T_max < inf``; on concrete values these raise a ``ValueError``.
   """
   num_iterations = check_count("num_iterations", num_iterations, fix="Use e.g. 60.")
   bounds = _check_bounds(bounds)
@@ -224,9 +224,9 @@ def fit_temperature(
   labels = jnp.asarray(labels)
   low, high = jnp.asarray(bounds[0], dtype), jnp.asarray(bounds[1], dtype)
   valid_bounds = require(
-    (low > 0) & (high > low),
+    (low > 0) & (high > low) & jnp.isfinite(high),
     jnp.stack([low, high]),
-    "`bounds` must be (T_min, T_max) with 0 < T_min < T_max; found {}.",
+    "`bounds` must be (T_min, T_max) with 0 < T_min < T_max < inf; found {}.",
   )
   valid = jnp.all(check_labels(labels, jnp.shape(logits)[-1])) & jnp.all(valid_bounds)
   label_logit = jnp.take_along_axis(logits, jnp.clip(labels, 0)[..., None], axis=-1)[..., 0]

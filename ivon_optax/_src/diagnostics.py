@@ -16,7 +16,7 @@ import optax
 
 from ivon_optax._src import algorithm
 from ivon_optax._src import trees as _trees
-from ivon_optax._src.checks import concrete_number
+from ivon_optax._src.checks import guard
 from ivon_optax._src.ensemble import check_stacked_states
 from ivon_optax._src.ensemble import member_count
 from ivon_optax._src.posterior import aligned_state
@@ -105,14 +105,15 @@ def diagnostics(
       or a stack of them (vmapped ensemble members, with params stacked the
       same way): then every value has a leading member axis.
     params: the params that state was created for.
-    learning_rate: the current learning rate, to report ``effective_lr``.
+    learning_rate: the current learning rate (a scalar >= 0), to report
+      ``effective_lr``; NaN under ``jit`` if invalid.
 
   Returns:
     A dict of scalar arrays (or one value per member), ready for a logger
     (``float(value)``). The function is jittable.
   """
   if learning_rate is not None:
-    concrete_number("learning_rate", learning_rate)
+    learning_rate = guard("learning_rate", learning_rate)
   if jnp.ndim(find_ivon_state(state).count) == 1:
     check_stacked_states(state, member_count(params), name="state")
     return jax.vmap(lambda s, p: diagnostics(s, p, learning_rate=learning_rate))(state, params)
