@@ -514,6 +514,59 @@ RAISES = {
     TypeError,
     "`noise_variance` must be a real number",
   ),
+  # NaN and negative values that gave NaN eagerly, or a plausible number, before.
+  "loo_from_change, NaN change": (
+    lambda: sensitivity.loo_from_change(LOGITS, LABELS, jnp.full((3, 3), jnp.nan)),
+    ValueError,
+    "`change` must not be NaN",
+  ),
+  "loo_change, a negative variance in a covariance block": (
+    lambda: sensitivity.loo_change(-jnp.ones((1, 2, 2)), jnp.ones((1, 2)), jnp.zeros((1, 2, 2))),
+    ValueError,
+    "positive semi-definite",
+  ),
+  "softmax_sensitivity, negative variance": (
+    lambda: sensitivity.softmax_sensitivity(LOGITS, LABELS, -jnp.ones((3, 3))),
+    ValueError,
+    "`variance` must hold prediction variances >= 0",
+  ),
+  "softmax_sensitivity, NaN logit": (
+    lambda: sensitivity.softmax_sensitivity(LOGITS.at[0, 0].set(jnp.nan), LABELS, jnp.ones((3, 3))),
+    ValueError,
+    "`logits` must not be NaN",
+  ),
+  "gaussian_sensitivity, negative variance": (
+    lambda: sensitivity.gaussian_sensitivity(jnp.ones(3), jnp.zeros(3), -jnp.ones(3)),
+    ValueError,
+    "`variance` must hold prediction variances >= 0",
+  ),
+  "gaussian_sensitivity, NaN target": (
+    lambda: sensitivity.gaussian_sensitivity(
+      jnp.ones(3), jnp.array([0.0, jnp.nan, 0.0]), jnp.ones(3)
+    ),
+    ValueError,
+    "`targets` must not be NaN",
+  ),
+  "predictive_log_probs, NaN logits": (
+    lambda: predict.predictive_log_probs(jnp.full((2, 1, 3), jnp.nan)),
+    ValueError,
+    "`logits` holds NaN",
+  ),
+  "predictive_moments, NaN means": (
+    lambda: predict.predictive_moments(jnp.array([[0.0], [jnp.nan]])),
+    ValueError,
+    "`means` holds NaN",
+  ),
+  "diagnostics, negative learning_rate": (
+    lambda: ivon_optax.diagnostics(STATE, PARAMS, learning_rate=-0.1),
+    ValueError,
+    "`learning_rate`",
+  ),
+  "fit_temperature, infinite upper bound": (
+    lambda: calibration.fit_temperature(LOGITS, LABELS, bounds=(0.01, jnp.inf)),
+    ValueError,
+    "T_max < inf",
+  ),
   # Counts: any integer, no bools, no floats.
   "num_bins=True": (
     lambda: metrics.calibration_bins(LOG_PROBS, LABELS, num_bins=True),
@@ -582,6 +635,20 @@ NAN_UNDER_JIT = {
   "softmax_error_and_curvature, label 5": (
     lambda: jax.jit(sensitivity.softmax_error_and_curvature)(LOGITS, with_label(5)),
     lambda result: (result[0][0], result[1][0]),
+  ),
+  "softmax_sensitivity, negative variance": (
+    lambda: jax.jit(sensitivity.softmax_sensitivity)(
+      LOGITS, LABELS, jnp.ones((3, 3)).at[1].set(-1)
+    ),
+    lambda result: (result.error[1], result.change[1], result.score[1]),
+  ),
+  "predictive_log_probs, NaN logits": (
+    lambda: jax.jit(predict.predictive_log_probs)(jnp.full((2, 1, 3), jnp.nan)),
+    lambda log_probs: log_probs,
+  ),
+  "diagnostics, negative learning_rate": (
+    lambda: jax.jit(ivon_optax.diagnostics)(STATE, PARAMS, learning_rate=-0.1),
+    lambda logs: logs["effective_lr"],
   ),
   "fit_temperature, NaN logit": (
     lambda: jax.jit(calibration.fit_temperature)(LOGITS.at[1, 0].set(jnp.nan), LABELS),
