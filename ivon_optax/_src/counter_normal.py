@@ -177,9 +177,44 @@ def open_unit_uniform(bits: chex.Array) -> chex.Array:
   return top * np.float32(2.0**-24) + np.float32(2.0**-25)
 
 
-def _seeds(key: chex.PRNGKey, count: int) -> chex.Array:
+def _seeds(key: chex.PRNGKey, shape: Sequence[int]) -> chex.Array:
   check_key(key)
-  return jax.random.bits(key, (count,), jnp.uint32)
+  return jax.random.bits(key, tuple(shape), jnp.uint32)
+
+
+def _check_request(shape: Sequence[int], dtype: Any) -> tuple[tuple[int, ...], Any]:
+  shape = tuple(int(d) for d in shape)
+  if not jnp.issubdtype(dtype, jnp.floating):
+    raise ValueError(f"`dtype` must be a floating dtype for normal draws; got {dtype}.")
+  if math.prod(shape) >= _MAX_ELEMENTS:
+    raise ValueError(
+      f"`shape`={shape} has {math.prod(shape)} elements; counter_normal counts "
+      f"elements in uint32, so at most 2**32 - 1. Draw such a leaf in pieces, "
+      f"or pass sampler=jax.random.normal."
+    )
+  return shape, jax.dtypes.canonicalize_dtype(dtype)
+
+
+def normal_from_seeds(seeds: chex.Array, shape: Sequence[int], dtype: Any) -> chex.Array:
+  """Standard normals of ``shape`` from four ``uint32`` seeds (see [`counter_normal`][])."""
+  shape, dtype = _check_request(shape, dtype)
+  if dtype == jnp.float64:
+    # 52 bits, so that k + 1/2 is exact in float64.
+    high = (counter_bits(seeds[:2], shape) >> 6).astype(jnp.float64)
+    low = (counter_bits(seeds[2:], shape) >> 6).astype(jnp.float64)
+    uniform = (high * 2.0**26 + low + 0.5) * 2.0**-52
+    return jax.scipy.special.ndtri(uniform)
+  size = math.prod(shape)
+  pairs = (size + 1) // 2
+  # XLA keeps the radius in a buffer of its own rather than recomputing its log and square
+  # root for both draws of a pair (it does not fuse costly ops into a broadcast).
+  radius = jnp.sqrt(
+    np.float32(-2.0) * log_of_normal_float(open_unit_uniform(counter_bits(seeds[:2], (pairs,))))
+  )
+  turns = open_unit_uniform(counter_bits(seeds[2:], (pairs,)))
+  # Row 0: cos(2 pi v); row 1: cos(2 pi (v - 1/4)) = sin(2 pi v).
+  normals = radius * cos_turns(turns - jnp.array([[0.0], [0.25]], jnp.float32))
+  return normals.reshape(-1)[:size].reshape(shape).astype(dtype)
 
 
 def counter_normal(
@@ -229,32 +264,25 @@ def counter_normal(
     ValueError: if ``dtype`` is not floating or ``shape`` has $2^{32}$ or
       more elements.
   """
-  shape = tuple(int(d) for d in shape)
-  if not jnp.issubdtype(dtype, jnp.floating):
-    raise ValueError(f"`dtype` must be a floating dtype for normal draws; got {dtype}.")
-  dtype = jax.dtypes.canonicalize_dtype(dtype)
-  if math.prod(shape) >= _MAX_ELEMENTS:
-    raise ValueError(
-      f"`shape`={shape} has {math.prod(shape)} elements; counter_normal counts "
-      f"elements in uint32, so at most 2**32 - 1. Draw such a leaf in pieces, "
-      f"or pass sampler=jax.random.normal."
-    )
-  if dtype == jnp.float64:
-    seeds = _seeds(key, 4)
-    # 52 bits, so that k + 1/2 is exact in float64.
-    high = (counter_bits(seeds[:2], shape) >> 6).astype(jnp.float64)
-    low = (counter_bits(seeds[2:], shape) >> 6).astype(jnp.float64)
-    uniform = (high * 2.0**26 + low + 0.5) * 2.0**-52
-    return jax.scipy.special.ndtri(uniform)
-  size = math.prod(shape)
-  pairs = (size + 1) // 2
-  seeds = _seeds(key, 4)
-  # XLA keeps the radius in a buffer of its own rather than recomputing its log and square
-  # root for both draws of a pair (it does not fuse costly ops into a broadcast).
-  radius = jnp.sqrt(
-    np.float32(-2.0) * log_of_normal_float(open_unit_uniform(counter_bits(seeds[:2], (pairs,))))
+  shape, dtype = _check_request(shape, dtype)
+  return normal_from_seeds(_seeds(key, (4,)), shape, dtype)
+
+
+def counter_normal_tree(key: chex.PRNGKey, tree: Any) -> Any:
+  """Standard normals like each array leaf of ``tree`` (its shape and dtype), from one key.
+
+  The seeds of every leaf come from one ``jax.random.bits(key, (leaves, 4))``
+  call, so that a step derives its keys with one small kernel instead of a
+  few per leaf; each leaf is then drawn as [`counter_normal`][] draws it.
+  Leaves that are not arrays (``optax.MaskedNode``) are kept.
+  """
+  is_array = lambda leaf: hasattr(leaf, "shape") and hasattr(leaf, "dtype")
+  leaves, treedef = jax.tree.flatten(tree)
+  arrays = [leaf for leaf in leaves if is_array(leaf)]
+  seeds = iter(_seeds(key, (max(len(arrays), 1), 4)))
+  return treedef.unflatten(
+    [
+      normal_from_seeds(next(seeds), leaf.shape, leaf.dtype) if is_array(leaf) else leaf
+      for leaf in leaves
+    ]
   )
-  turns = open_unit_uniform(counter_bits(seeds[2:], (pairs,)))
-  # Row 0: cos(2 pi v); row 1: cos(2 pi (v - 1/4)) = sin(2 pi v).
-  normals = radius * cos_turns(turns - jnp.array([[0.0], [0.25]], jnp.float32))
-  return normals.reshape(-1)[:size].reshape(shape).astype(dtype)
