@@ -12,9 +12,10 @@ almost nothing. This module reads the trace's own records instead:
    that the profiler derives from them (``XLA Ops``, ``XLA Modules``, ``Steps``, ...); on a CPU,
    where XLA runs its kernels on host threads, the ``/host:CPU`` events that carry an
    ``hlo_op`` statistic.
-3. :func:`attribute` labels each event with its HLO instruction: the ``hlo_op`` statistic that
-   XLA's annotations attach to every kernel it launches (with ``hlo_module``), or else the HLO
-   instruction whose name, with ``.`` and ``-`` as ``_``, is the kernel's name. It reports the
+3. :func:`attribute` labels each event with its HLO instruction: the instruction whose name,
+   with ``.`` and ``-`` as ``_``, is the kernel's name (XLA:GPU names a fusion's kernel after
+   it), or else the ``hlo_op`` statistic that XLA's annotations attach to every kernel it
+   launches (with ``hlo_module``), which also covers library kernels (cuBLAS, cuDNN). It reports the
    device's busy time (the union of all events' intervals), the share of it in labelled events,
    and each HLO op's time (the union of its events, so that a CPU op split across threads
    counts once).
@@ -177,11 +178,12 @@ def attribute(
   unmatched: dict[str, list[DeviceEvent]] = collections.defaultdict(list)
   for event in events:
     op = None
-    if event.hlo_op and (module is None or event.hlo_module in (None, module)):
-      if not instructions or event.hlo_op in instructions:
-        op = event.hlo_op
-    if op is None and (module is None or event.hlo_module in (None, module)):
+    if module is None or event.hlo_module in (None, module):
+      # A fusion's kernel is named after it; the name is the more specific label where the
+      # annotation names an enclosing call (a command buffer).
       op = by_key.get(kernel_key(event.name))
+      if op is None and event.hlo_op and (not instructions or event.hlo_op in instructions):
+        op = event.hlo_op
     if op is None:
       unmatched[event.name].append(event)
     else:

@@ -539,11 +539,14 @@ def main(argv=None) -> int:
     print(markdown(train))
     by_model: dict[str, dict] = {}
     for row in train:
-      by_model.setdefault(row["tree"], {})[row["program"]] = row["passes"]
-    for model, passes in by_model.items():
+      by_model.setdefault(row["tree"], {})[row["program"]] = row
+    for model, found in by_model.items():
+      adamw, ivon = found["adamw"], found["ivon"]
       print(
-        f"- {model}: IVON's step moves {passes['ivon'] - passes['adamw']:.2f} passes "
-        f"beyond AdamW's ({passes['adamw']:.2f} -> {passes['ivon']:.2f})."
+        f"- {model}: IVON's step moves {ivon['passes'] - adamw['passes']:.2f} passes beyond "
+        f"AdamW's ({adamw['passes']:.2f} -> {ivon['passes']:.2f}) and runs "
+        f"{ivon['kernels'] - adamw['kernels']} more kernels ({adamw['kernels']} -> "
+        f"{ivon['kernels']})."
       )
   if args.details:
     for row in all_rows + train:

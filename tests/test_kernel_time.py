@@ -15,8 +15,9 @@ from benchmarks import kernel_time
 
 # One step of a GPU program "jit_step", 10 us of kernels: two fusions named as XLA:GPU names
 # their kernels, a cuBLAS GEMM for "dot.2" (5 us, overlapping a fusion on another stream for
-# 1 us), a kernel that only its name ties to "wrapped_convert.1", a memcpy of no HLO op, and a
-# kernel of another module. The derived "XLA Ops" line repeats the fusions and must not count.
+# 1 us), a kernel that only its name ties to "wrapped_convert.1", a fusion run inside a command
+# buffer (its annotation names the buffer), a memcpy of no HLO op beside it, and a kernel of
+# another module. The derived "XLA Ops" line repeats the fusions and must not count.
 GPU_TRACE = """
 planes {
   id: 1
@@ -38,6 +39,9 @@ planes {
     events { metadata_id: 6 offset_ps: 6000000 duration_ps: 1000000
       stats { metadata_id: 1 str_value: "input_reduce_fusion" }
       stats { metadata_id: 2 ref_value: 10 } }
+    events { metadata_id: 8 offset_ps: 8000000 duration_ps: 1000000
+      stats { metadata_id: 1 str_value: "command_buffer.1" }
+      stats { metadata_id: 2 ref_value: 10 } }
   }
   lines {
     id: 9 display_id: 9 name: "XLA Ops" timestamp_ns: 1000
@@ -50,6 +54,7 @@ planes {
   event_metadata { key: 5 value { id: 5 name: "loop_fusion" } }
   event_metadata { key: 6 value { id: 6 name: "input_reduce_fusion" } }
   event_metadata { key: 7 value { id: 7 name: "loop_add_fusion.3" } }
+  event_metadata { key: 8 value { id: 8 name: "loop_multiply_fusion_2" } }
   stat_metadata { key: 1 value { id: 1 name: "hlo_op" } }
   stat_metadata { key: 2 value { id: 2 name: "hlo_module" } }
   stat_metadata { key: 10 value { id: 10 name: "jit_step" } }
@@ -63,28 +68,42 @@ planes {
   event_metadata { key: 1 value { id: 1 name: "PjitFunction(step)" } }
 }
 """
-INSTRUCTIONS = {"loop_add_fusion.3", "dot.2", "wrapped_convert.1", "input_reduce_fusion", "p.1"}
+INSTRUCTIONS = {
+  "loop_add_fusion.3",
+  "dot.2",
+  "wrapped_convert.1",
+  "input_reduce_fusion",
+  "loop_multiply_fusion.2",
+  "command_buffer.1",
+  "p.1",
+}
 
 
 def test_gpu_trace_is_attributed_by_hlo_op_statistics():
   profile = jax.profiler.ProfileData.from_text_proto(GPU_TRACE)
   kind, events = kernel_time.device_events(profile)
   assert kind == "device"
-  assert len(events) == 6  # the derived line and the host plane are left out
+  assert len(events) == 7  # the derived line and the host plane are left out
   report = kernel_time.attribute(events, steps=1, instructions=INSTRUCTIONS, module="jit_step")
   assert report["device_ms"] == pytest.approx(10e-3)
-  # 0-7 us (with the 6-7 us overlap counted once) and 7-8 us by name; not the memcpy, not the
-  # other module's kernel.
-  assert report["attributed_ms"] == pytest.approx(8e-3)
-  assert report["attributed_share"] == pytest.approx(0.8)
+  # 0-7 us (with the 6-7 us overlap counted once), 7-8 us by name, 8-9 us in the command
+  # buffer; not the other module's kernel at 9-10 us.
+  assert report["attributed_ms"] == pytest.approx(9e-3)
+  assert report["attributed_share"] == pytest.approx(0.9)
   ops = {row["op"]: row for row in report["ops"] if row["op"] is not None}
-  assert set(ops) == {"loop_add_fusion.3", "dot.2", "wrapped_convert.1", "input_reduce_fusion"}
+  assert set(ops) == {
+    "loop_add_fusion.3",
+    "dot.2",
+    "wrapped_convert.1",
+    "input_reduce_fusion",
+    "loop_multiply_fusion.2",
+  }
   assert ops["dot.2"]["ms"] == pytest.approx(5e-3)
   assert ops["dot.2"]["kernels"] == ["sm90_xmma_gemm_f32f32_tn_n"]
   unattributed = {row["kernels"][0] for row in report["ops"] if row["op"] is None}
   assert unattributed == {"MemcpyD2D", "loop_fusion"}
   assert report["ops"][0]["op"] == "dot.2"
-  # Matching event names against the HLO, as before, finds one kernel of the five.
+  # Matching event names against the HLO, as before, finds one kernel of the six.
   assert sum(event.name in INSTRUCTIONS for event in events) == 1
 
 
