@@ -49,6 +49,8 @@ import jax.numpy as jnp
 import optax
 
 import ivon_optax
+from benchmarks import hlo
+from benchmarks import kernel_time
 from benchmarks import measure
 from benchmarks import models
 from ivon_optax.random import counter_normal
@@ -76,7 +78,7 @@ class Runner:
   state_bytes: int | None = None
   planned_bytes: int | None = None
   traffic: dict | None = None
-  op_names: set | None = None
+  hlo_text: str | None = None
   peak_bytes: int | None = None
   timed: measure.Timed | None = None
 
@@ -185,8 +187,8 @@ def jax_runner(
     compile_s=compile_s,
     state_bytes=measure.tree_bytes(opt_state),
     planned_bytes=measure.planned_memory_bytes(compiled),
-    traffic=measure.hlo_traffic(compiled),
-    op_names=measure.hlo_op_names(compiled),
+    traffic=hlo.traffic(compiled),
+    hlo_text=compiled.as_text(),
   )
 
 
@@ -395,6 +397,15 @@ def run_memory_child(args) -> None:
   print(json.dumps({"runner": args.memory_child, "peak_bytes": peak}))
 
 
+# --- Profile ---------------------------------------------------------------------------------
+
+
+def profile_runner(runner: Runner, steps: int) -> dict:
+  """Device time of ``steps`` steps of a JAX runner per HLO op (:func:`kernel_time.profile`)."""
+  op_bytes = {op.name: op.bytes for op in hlo.kernels(runner.hlo_text)}
+  return kernel_time.profile(runner.run, steps, runner.hlo_text, op_bytes=op_bytes)
+
+
 # --- Report ---------------------------------------------------------------------------------
 
 
@@ -529,7 +540,8 @@ def parse_args(argv=None):
     "--profile-steps",
     type=int,
     default=0,
-    help="if > 0, profile that many steps of each JAX runner and print its most expensive ops",
+    help="if > 0, profile that many steps of each JAX runner: its device time, the share of it "
+    "in the program's HLO ops, and its most expensive ops (benchmarks/kernel_time.py)",
   )
   parser.add_argument("--memory-child", help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
@@ -588,9 +600,7 @@ def main(argv=None) -> dict:
     if args.profile_steps:
       for runner in runners:
         if runner.backend == "jax":
-          profiles[f"{model}:{runner.name}"] = measure.profile_ops(
-            runner.run, runner.op_names, args.profile_steps
-          )
+          profiles[f"{model}:{runner.name}"] = profile_runner(runner, args.profile_steps)
     rows = result_rows(model, description, runners)
     all_rows += rows
     params = sum(
@@ -604,10 +614,8 @@ def main(argv=None) -> dict:
     line = comparison_line(rows)
     if line:
       print(f"\n{line}")
-  for name, ops in profiles.items():
-    print(f"\n### profile {name}")
-    for op in ops:
-      print(f"  {op['ms_per_step']:8.3f} ms  {op['op']}")
+  for name, report in profiles.items():
+    print("\n" + kernel_time.format_report(name, report))
   report = {
     "environment": env,
     "settings": {
