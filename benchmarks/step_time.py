@@ -196,9 +196,8 @@ def jax_runners(model: str, args, only: str | None = None) -> list[Runner]:
   """AdamW, SGD and IVON (and IVON with ``--samples``) as JAX runners on ``model``."""
   workload = models.make_workload(model, jax.default_backend(), tiny=args.tiny)
   specs = [
-    ("adamw", "plain", 1, "counter"),
-    ("sgd", "plain", 1, "counter"),
-    ("ivon", "ivon", 1, "counter"),
+    (optimizer, "ivon" if optimizer == "ivon" else "plain", 1, "counter")
+    for optimizer in args.optimizers
   ]
   specs += [("ivon", "ivon", 1, name) for name in args.extra_samplers]
   if args.samples > 1:
@@ -316,7 +315,7 @@ def _torch_state_bytes(opt) -> int:
 
 def torch_runners(model: str, args, only: str | None = None) -> list[Runner]:
   """AdamW, SGD and the reference IVON in PyTorch (and IVON with ``--samples``)."""
-  specs = [("adamw", 1), ("sgd", 1), ("ivon", 1)]
+  specs = [(optimizer, 1) for optimizer in args.optimizers]
   if args.samples > 1:
     specs.append(("ivon", args.samples))
   runners = []
@@ -508,6 +507,13 @@ def parse_args(argv=None):
     help="also time IVON with S Monte-Carlo samples per step, parallel "
     "(vmap) and sequential (scan)",
   )
+  parser.add_argument(
+    "--optimizers",
+    nargs="+",
+    choices=("adamw", "sgd", "ivon"),
+    default=["adamw", "sgd", "ivon"],
+    help="the one-sample optimizers to time (AdamW is the reference of every ratio)",
+  )
   parser.add_argument("--steps", type=int, default=50, help="timed steps per optimizer")
   parser.add_argument("--warmup", type=int, default=5, help="untimed steps per optimizer")
   parser.add_argument("--json", type=Path, help="write the results as JSON here")
@@ -547,6 +553,8 @@ def parse_args(argv=None):
   args = parser.parse_args(argv)
   if args.samples < 1:
     parser.error("--samples must be >= 1")
+  if "adamw" not in args.optimizers or "ivon" not in args.optimizers:
+    parser.error("--optimizers must include adamw and ivon (the ratios are IVON / AdamW)")
   if args.steps < 0 or args.warmup < 0:
     parser.error("--steps and --warmup must be >= 0")
   return args
