@@ -1,22 +1,17 @@
 """Shared measuring helpers for the benchmarks.
 
-Interleaved timing, statistics, environment, XLA's memory plan and memory
-traffic, and a per-op profile.
+Interleaved timing, statistics, environment and XLA's memory plan. The compiled program's
+kernels and bytes are read in :mod:`benchmarks.hlo`, its device time per kernel in
+:mod:`benchmarks.kernel_time`.
 """
 
-import collections
 import dataclasses
 import datetime
-import gzip
-import json
-import math
 import os
 import platform
-import re
 import shlex
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from importlib import metadata
@@ -112,81 +107,6 @@ def device_peak_bytes(device=None) -> int | None:
   if not stats:
     return None
   return int(stats.get("peak_bytes_in_use", stats.get("bytes_in_use", 0))) or None
-
-
-_SHAPE = re.compile(r"\b(pred|[suf]\d+|bf16|c64|c128)\[([\d,]*)\]")
-_ITEMSIZE = {"pred": 1, "bf16": 2, "c64": 8, "c128": 16}
-
-
-def _shape_bytes(text: str) -> int:
-  total = 0
-  for dtype, dims in _SHAPE.findall(text):
-    size = _ITEMSIZE.get(dtype, int(dtype[1:]) // 8 if dtype[1:].isdigit() else 4)
-    total += size * math.prod(int(d) for d in dims.split(",") if d)
-  return total
-
-
-def hlo_traffic(compiled) -> dict:
-  """Bytes that the compiled program's top-level ops read and write, from the optimized HLO.
-
-  Every fusion, dot, convolution, custom call and copy of the entry computation reads its
-  operands once and writes its result once; summing those sizes gives the memory traffic of
-  XLA's fusion plan (an upper bound where caches help). Returns ``{"bytes": total, "passes":
-  number of ops that move at least 1 MB}``.
-  """
-  text = compiled.as_text()
-  entry = text[text.index("\nENTRY") :]
-  shapes = {}
-  total, passes = 0, 0
-  for line in entry.splitlines()[1:]:
-    match = re.match(r"\s*(?:ROOT )?%([\w.\-]+) = (.+?) ([a-z][\w\-]*)\((.*?)\)(,|$)", line)
-    if not match:
-      continue
-    name, result, opcode, operands = match.groups()[:4]
-    shapes[name] = _shape_bytes(result)
-    if opcode in ("parameter", "constant", "tuple", "get-tuple-element", "bitcast"):
-      continue
-    moved = shapes[name] + sum(
-      shapes.get(operand, 0) for operand in re.findall(r"%([\w.\-]+)", operands)
-    )
-    total += moved
-    passes += moved >= 1 << 20
-  return {"bytes": total, "passes": passes}
-
-
-def hlo_op_names(compiled) -> set:
-  """Names of the instructions of a compiled program's entry computation."""
-  text = compiled.as_text()
-  return set(
-    re.findall(r"^\s*(?:ROOT )?%([\w.\-]+) = ", text[text.index("\nENTRY") :], re.MULTILINE)
-  )
-
-
-def profile_ops(
-  run: Callable[[], None], op_names: set, steps: int = 10, top: int = 8
-) -> list[dict]:
-  """Runs ``steps`` steps under ``jax.profiler``; the ``top`` ops of ``op_names`` by time per step.
-
-  ``op_names`` (from :func:`hlo_op_names`) keeps the device ops and drops host-side events.
-  """
-  with tempfile.TemporaryDirectory() as directory:
-    with jax.profiler.trace(directory, create_perfetto_trace=True):
-      for _ in range(steps):
-        run()
-    traces = sorted(Path(directory).rglob("*perfetto_trace.json.gz"))
-    if not traces:
-      return []
-    with gzip.open(traces[-1]) as trace_file:
-      trace = json.load(trace_file)
-  events = trace["traceEvents"] if isinstance(trace, dict) else trace
-  durations = collections.defaultdict(float)
-  for event in events:
-    name = event.get("name", "")
-    if event.get("ph") != "X" or name not in op_names:
-      continue
-    durations[name] += event.get("dur", 0.0)
-  ranked = sorted(durations.items(), key=lambda item: -item[1])[:top]
-  return [{"op": name, "ms_per_step": micros / steps / 1e3} for name, micros in ranked]
 
 
 def cpu_model() -> str:

@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import optax
 
 import ivon_optax
+from benchmarks import hlo
 from benchmarks import measure
 from ivon_optax.random import counter_normal
 
@@ -65,7 +66,7 @@ class Case:
     self.buffers = buffers
     self.elements = elements
     compiled = jax.jit(fn, donate_argnums=donate).lower(*carry, *inputs).compile()
-    self.traffic = measure.hlo_traffic(compiled)
+    self.traffic = hlo.traffic(compiled)
     self.carry = list(carry)
     self.timed = measure.Timed(name, self.run)
     self._compiled = compiled

@@ -49,6 +49,8 @@ import jax.numpy as jnp
 import optax
 
 import ivon_optax
+from benchmarks import hlo
+from benchmarks import kernel_time
 from benchmarks import measure
 from benchmarks import models
 from ivon_optax.random import counter_normal
@@ -76,7 +78,7 @@ class Runner:
   state_bytes: int | None = None
   planned_bytes: int | None = None
   traffic: dict | None = None
-  op_names: set | None = None
+  hlo_text: str | None = None
   peak_bytes: int | None = None
   timed: measure.Timed | None = None
 
@@ -185,8 +187,8 @@ def jax_runner(
     compile_s=compile_s,
     state_bytes=measure.tree_bytes(opt_state),
     planned_bytes=measure.planned_memory_bytes(compiled),
-    traffic=measure.hlo_traffic(compiled),
-    op_names=measure.hlo_op_names(compiled),
+    traffic=hlo.traffic(compiled),
+    hlo_text=compiled.as_text(),
   )
 
 
@@ -194,9 +196,8 @@ def jax_runners(model: str, args, only: str | None = None) -> list[Runner]:
   """AdamW, SGD and IVON (and IVON with ``--samples``) as JAX runners on ``model``."""
   workload = models.make_workload(model, jax.default_backend(), tiny=args.tiny)
   specs = [
-    ("adamw", "plain", 1, "counter"),
-    ("sgd", "plain", 1, "counter"),
-    ("ivon", "ivon", 1, "counter"),
+    (optimizer, "ivon" if optimizer == "ivon" else "plain", 1, "counter")
+    for optimizer in args.optimizers
   ]
   specs += [("ivon", "ivon", 1, name) for name in args.extra_samplers]
   if args.samples > 1:
@@ -314,7 +315,7 @@ def _torch_state_bytes(opt) -> int:
 
 def torch_runners(model: str, args, only: str | None = None) -> list[Runner]:
   """AdamW, SGD and the reference IVON in PyTorch (and IVON with ``--samples``)."""
-  specs = [("adamw", 1), ("sgd", 1), ("ivon", 1)]
+  specs = [(optimizer, 1) for optimizer in args.optimizers]
   if args.samples > 1:
     specs.append(("ivon", args.samples))
   runners = []
@@ -393,6 +394,15 @@ def run_memory_child(args) -> None:
       runner.run()
     peak = int(torch.cuda.max_memory_allocated()) if torch_device() == "cuda" else None
   print(json.dumps({"runner": args.memory_child, "peak_bytes": peak}))
+
+
+# --- Profile ---------------------------------------------------------------------------------
+
+
+def profile_runner(runner: Runner, steps: int) -> dict:
+  """Device time of ``steps`` steps of a JAX runner per HLO op (:func:`kernel_time.profile`)."""
+  op_bytes = {op.name: op.bytes for op in hlo.kernels(runner.hlo_text)}
+  return kernel_time.profile(runner.run, steps, runner.hlo_text, op_bytes=op_bytes)
 
 
 # --- Report ---------------------------------------------------------------------------------
@@ -497,6 +507,13 @@ def parse_args(argv=None):
     help="also time IVON with S Monte-Carlo samples per step, parallel "
     "(vmap) and sequential (scan)",
   )
+  parser.add_argument(
+    "--optimizers",
+    nargs="+",
+    choices=("adamw", "sgd", "ivon"),
+    default=["adamw", "sgd", "ivon"],
+    help="the one-sample optimizers to time (AdamW is the reference of every ratio)",
+  )
   parser.add_argument("--steps", type=int, default=50, help="timed steps per optimizer")
   parser.add_argument("--warmup", type=int, default=5, help="untimed steps per optimizer")
   parser.add_argument("--json", type=Path, help="write the results as JSON here")
@@ -529,12 +546,15 @@ def parse_args(argv=None):
     "--profile-steps",
     type=int,
     default=0,
-    help="if > 0, profile that many steps of each JAX runner and print its most expensive ops",
+    help="if > 0, profile that many steps of each JAX runner: its device time, the share of it "
+    "in the program's HLO ops, and its most expensive ops (benchmarks/kernel_time.py)",
   )
   parser.add_argument("--memory-child", help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   if args.samples < 1:
     parser.error("--samples must be >= 1")
+  if "adamw" not in args.optimizers or "ivon" not in args.optimizers:
+    parser.error("--optimizers must include adamw and ivon (the ratios are IVON / AdamW)")
   if args.steps < 0 or args.warmup < 0:
     parser.error("--steps and --warmup must be >= 0")
   return args
@@ -588,9 +608,7 @@ def main(argv=None) -> dict:
     if args.profile_steps:
       for runner in runners:
         if runner.backend == "jax":
-          profiles[f"{model}:{runner.name}"] = measure.profile_ops(
-            runner.run, runner.op_names, args.profile_steps
-          )
+          profiles[f"{model}:{runner.name}"] = profile_runner(runner, args.profile_steps)
     rows = result_rows(model, description, runners)
     all_rows += rows
     params = sum(
@@ -604,10 +622,8 @@ def main(argv=None) -> dict:
     line = comparison_line(rows)
     if line:
       print(f"\n{line}")
-  for name, ops in profiles.items():
-    print(f"\n### profile {name}")
-    for op in ops:
-      print(f"  {op['ms_per_step']:8.3f} ms  {op['op']}")
+  for name, report in profiles.items():
+    print("\n" + kernel_time.format_report(name, report))
   report = {
     "environment": env,
     "settings": {

@@ -52,6 +52,8 @@ def test_step_time_runs_and_reports_every_field(tmp_path):
     "--samples",
     "2",
     "--extra-samplers",
+    "--profile-steps",
+    "2",
     tmp_path=tmp_path,
   )
   env = report["environment"]
@@ -88,6 +90,11 @@ def test_step_time_runs_and_reports_every_field(tmp_path):
   # CPU keeps no device memory statistics: the peak is reported as missing, not as 0.
   assert rows[("jax", "ivon")]["peak_memory_bytes"] is None
   assert "| jax | ivon |" in report["stdout"]
+  # The profile attributes the device time (on CPU: XLA's ops) to the program's HLO ops.
+  profile = report["profiles"]["mlp:jax/ivon"]
+  assert profile["attributed_share"] >= 0.9 and profile["device_ms"] > 0
+  assert profile["module"].startswith("jit_") and profile["ops"][0]["op"]
+  assert "### profile mlp:jax/ivon" in report["stdout"]
   # Two repetitions of the same run have no spread.
   summary = subprocess.run(
     [

@@ -196,40 +196,59 @@ def test_weight_decay_mask_turns_the_prior_off(params):
 # --- The step against the formula, float64 ---------------------------------------------
 
 
-@pytest.mark.parametrize("rescale_lr", [True, False])
-def test_one_step_matches_the_formula(rescale_lr):
-  beta1, beta2, ess, hess_init, clip, lr = 0.8, 0.99, 30.0, 0.7, 0.5, 0.3
-  with jax.enable_x64(True):
-    params = _params(jnp.float64)
-    mean = _like(params, 10, -2.0, 2.0)
-    precision = _like(params, 11, 0.0, 3.0)
-    tx = ivon_optax.ivon(
-      lr,
-      ess,
-      hess_init=hess_init,
-      beta1=beta1,
-      beta2=beta2,
-      clip_radius=clip,
-      rescale_lr=rescale_lr,
-      prior=GaussianPrior(mean, precision),
-    )
-    state = tx.init(params)
-    hess0 = _like(params, 12, 0.1, 1.0)
-    momentum0 = _like(params, 13)
-    state = (state[0]._replace(hess=hess0, momentum=momentum0, count=jnp.int32(2)), *state[1:])
-    grads = _like(params, 14, -3.0, 3.0)
-    _, noise = ivon_optax.sample_params(jax.random.key(4), state, params)
-    updates, new_state = tx.update(grads, state, params, noise=noise)
-    new_params = optax.apply_updates(params, updates)
-
-  clipped = 0
+def _formula_step(params, mean, precision, hess0, momentum0, grads, noise, beta1, beta2, ess):
+  """The new h and momentum and the unclipped step of the formula, per leaf, in NumPy."""
+  out = {}
   for name in ("kernel", "bias"):
     m, mu, d = (np.asarray(t[name]) for t in (params, mean, precision))
     h, gbar, g, n = (np.asarray(t[name]) for t in (hess0, momentum0, grads, noise))
     gbar = beta1 * gbar + (1 - beta1) * g
     estimate = ess * n * g * (h + d)
     h = beta2 * h + (1 - beta2) * estimate + 0.5 * (1 - beta2) ** 2 * (h - estimate) ** 2 / (h + d)
-    step = (gbar / (1 - beta1**3) + d * (m - mu)) / (h + d)
+    out[name] = (h, gbar, (gbar / (1 - beta1**3) + d * (m - mu)) / (h + d))
+  return out
+
+
+@pytest.mark.parametrize("rescale_lr", [True, False])
+def test_one_step_matches_the_formula(rescale_lr):
+  beta1, beta2, ess, hess_init, lr = 0.8, 0.99, 30.0, 0.7, 0.3
+  with jax.enable_x64(True):
+    params = _params(jnp.float64)
+    mean = _like(params, 10, -2.0, 2.0)
+    precision = _like(params, 11, 0.0, 3.0)
+    hess0 = _like(params, 12, 0.1, 1.0)
+    momentum0 = _like(params, 13)
+    grads = _like(params, 14, -3.0, 3.0)
+
+    def build(clip):
+      tx = ivon_optax.ivon(
+        lr,
+        ess,
+        hess_init=hess_init,
+        beta1=beta1,
+        beta2=beta2,
+        clip_radius=clip,
+        rescale_lr=rescale_lr,
+        prior=GaussianPrior(mean, precision),
+      )
+      state = tx.init(params)
+      state = (state[0]._replace(hess=hess0, momentum=momentum0, count=jnp.int32(2)), *state[1:])
+      return tx, state
+
+    _, state = build(float("inf"))
+    _, noise = ivon_optax.sample_params(jax.random.key(4), state, params)
+    formula = _formula_step(
+      params, mean, precision, hess0, momentum0, grads, noise, beta1, beta2, ess
+    )
+    # A clip radius in the middle of the steps, so that both sides of the clip are tested.
+    clip = float(np.median(np.concatenate([np.abs(step).ravel() for *_, step in formula.values()])))
+    tx, state = build(clip)
+    updates, new_state = tx.update(grads, state, params, noise=noise)
+    new_params = optax.apply_updates(params, updates)
+
+  clipped = 0
+  for name, (h, gbar, step) in formula.items():
+    m, d = np.asarray(params[name]), np.asarray(precision[name])
     clipped += int(np.sum(np.abs(step) > clip))
     u = np.clip(step, -clip, clip) * ((hess_init + d) if rescale_lr else 1.0)
     np.testing.assert_allclose(new_state[0].hess[name], h, rtol=1e-12)

@@ -18,7 +18,9 @@ AdamW update. [`counter_normal`][ivon_optax.random.counter_normal] instead
 
 The result is a pure, deterministic function of the key and the shape, so it
 works under ``jit``, ``vmap`` over keys and ``shard_map``, and two calls with
-the same key agree. It covers $|z| \le \sqrt{2 \log 2^{25}} = 5.89$
+the same key agree. On a mesh each device hashes only the indices of its own
+shard: with an even first axis, the two draws of a pair are rows $r$ and
+$n_0/2 + r$ of one column. It covers $|z| \le \sqrt{2 \log 2^{25}} = 5.89$
 (``jax.random.normal``: 5.4 in float32); float64 draws use 52-bit uniforms and
 ``jax.scipy.special.ndtri``.
 
@@ -79,8 +81,28 @@ def counter_bits(seeds: chex.Array, shape: Sequence[int]) -> chex.Array:
   Returns:
     ``uint32`` array of ``shape``.
   """
-  counters = lax.iota(jnp.uint32, math.prod(shape)).reshape(shape)
+  counters = flat_index(shape)
   return mix32(mix32(counters ^ seeds[0]) + seeds[1])
+
+
+def flat_index(shape: Sequence[int]) -> chex.Array:
+  r"""The C-order flat index $i = \sum_d i_d \prod_{e > d} n_e$ of each element, as ``uint32``.
+
+  Built from one ``broadcasted_iota`` per axis, so that on a mesh each device
+  computes the indices of its own shard (XLA cannot split a flat iota that is
+  reshaped into a sharded axis, and would compute all of it on every device).
+
+  Examples:
+    >>> from ivon_optax._src.counter_normal import flat_index
+    >>> flat_index((2, 3)).tolist()
+    [[0, 1, 2], [3, 4, 5]]
+  """
+  index = jnp.zeros(shape, jnp.uint32)
+  stride = 1
+  for axis in reversed(range(len(shape))):
+    index = index + lax.broadcasted_iota(jnp.uint32, shape, axis) * np.uint32(stride)
+    stride *= shape[axis]
+  return index
 
 
 # Cephes' logf: log(1 + f) = f - f^2/2 + f^3 P(f) for f in [sqrt(1/2) - 1, sqrt(2) - 1).
@@ -177,13 +199,17 @@ def open_unit_uniform(bits: chex.Array) -> chex.Array:
   return top * np.float32(2.0**-24) + np.float32(2.0**-25)
 
 
-def _seeds(key: chex.PRNGKey, count: int) -> chex.Array:
+def _seeds(key: chex.PRNGKey, shape: Sequence[int]) -> chex.Array:
   check_key(key)
-  return jax.random.bits(key, (count,), jnp.uint32)
+  return jax.random.bits(key, tuple(shape), jnp.uint32)
 
 
 def counter_normal(
-  key: chex.PRNGKey, shape: Sequence[int] = (), dtype: Any = jnp.float32
+  key: chex.PRNGKey,
+  shape: Sequence[int] = (),
+  dtype: Any = jnp.float32,
+  *,
+  out_sharding: Any = None,
 ) -> chex.Array:
   r"""Standard normal draws, a deterministic function of ``key``.
 
@@ -221,6 +247,10 @@ def counter_normal(
     shape: the output shape; at most $2^{32}$ elements.
     dtype: a floating dtype. float16/bfloat16 are computed in float32 and
       rounded.
+    out_sharding: as in ``jax.random.normal``: the draws' sharding on a mesh
+      with explicit axes (``optax.tree.random_like`` passes each leaf's), so
+      that each device computes only its shard. Ignored without explicit axes,
+      where XLA already computes each shard where it lives.
 
   Returns:
     An array of ``shape`` and ``dtype`` with i.i.d. standard normal entries.
@@ -229,32 +259,85 @@ def counter_normal(
     ValueError: if ``dtype`` is not floating or ``shape`` has $2^{32}$ or
       more elements.
   """
+  shape, dtype = _checked(shape, dtype)
+  return _sharded(lambda k: normal_from_seeds(_seeds(k, (4,)), shape, dtype), key, out_sharding)
+
+
+def _checked(shape: Sequence[int], dtype: Any) -> tuple[tuple[int, ...], Any]:
   shape = tuple(int(d) for d in shape)
   if not jnp.issubdtype(dtype, jnp.floating):
     raise ValueError(f"`dtype` must be a floating dtype for normal draws; got {dtype}.")
-  dtype = jax.dtypes.canonicalize_dtype(dtype)
   if math.prod(shape) >= _MAX_ELEMENTS:
     raise ValueError(
       f"`shape`={shape} has {math.prod(shape)} elements; counter_normal counts "
       f"elements in uint32, so at most 2**32 - 1. Draw such a leaf in pieces, "
       f"or pass sampler=jax.random.normal."
     )
+  return shape, jax.dtypes.canonicalize_dtype(dtype)
+
+
+def _sharded(draw, key: chex.PRNGKey, out_sharding: Any) -> chex.Array:
+  """``draw(key)``, computed shard by shard on a mesh with explicit axes."""
+  out_sharding = _explicit_sharding(out_sharding)
+  if out_sharding is None:
+    return draw(key)
+  return jax.sharding.auto_axes(
+    draw, out_sharding=out_sharding, axes=out_sharding.mesh.explicit_axes
+  )(key)
+
+
+def _explicit_sharding(out_sharding: Any) -> jax.sharding.NamedSharding | None:
+  """``out_sharding`` as a ``NamedSharding`` if its mesh has explicit axes, else ``None``."""
+  if isinstance(out_sharding, jax.sharding.PartitionSpec):
+    out_sharding = jax.sharding.NamedSharding(jax.sharding.get_abstract_mesh(), out_sharding)
+  if out_sharding is None or not out_sharding.mesh.explicit_axes:
+    return None
+  return out_sharding
+
+
+def normal_from_seeds(seeds: chex.Array, shape: tuple[int, ...], dtype: Any) -> chex.Array:
+  """[`counter_normal`][ivon_optax.random.counter_normal]'s draws from its four ``uint32`` seeds."""
   if dtype == jnp.float64:
-    seeds = _seeds(key, 4)
     # 52 bits, so that k + 1/2 is exact in float64.
     high = (counter_bits(seeds[:2], shape) >> 6).astype(jnp.float64)
     low = (counter_bits(seeds[2:], shape) >> 6).astype(jnp.float64)
     uniform = (high * 2.0**26 + low + 0.5) * 2.0**-52
     return jax.scipy.special.ndtri(uniform)
   size = math.prod(shape)
-  pairs = (size + 1) // 2
-  seeds = _seeds(key, 4)
+  # Pair j gives draws j and P + j. With an even first axis these are row r and row
+  # n_0/2 + r of the same column, so the pairs have the shape of the first half and every
+  # axis keeps its own sharding on a mesh; otherwise they are flat.
+  rows_pair = bool(shape) and shape[0] % 2 == 0
+  pair_shape = (shape[0] // 2, *shape[1:]) if rows_pair else ((size + 1) // 2,)
   # XLA keeps the radius in a buffer of its own rather than recomputing its log and square
   # root for both draws of a pair (it does not fuse costly ops into a broadcast).
   radius = jnp.sqrt(
-    np.float32(-2.0) * log_of_normal_float(open_unit_uniform(counter_bits(seeds[:2], (pairs,))))
+    np.float32(-2.0) * log_of_normal_float(open_unit_uniform(counter_bits(seeds[:2], pair_shape)))
   )
-  turns = open_unit_uniform(counter_bits(seeds[2:], (pairs,)))
+  turns = open_unit_uniform(counter_bits(seeds[2:], pair_shape))
   # Row 0: cos(2 pi v); row 1: cos(2 pi (v - 1/4)) = sin(2 pi v).
-  normals = radius * cos_turns(turns - jnp.array([[0.0], [0.25]], jnp.float32))
-  return normals.reshape(-1)[:size].reshape(shape).astype(dtype)
+  quarter = jnp.array([0.0, 0.25], jnp.float32).reshape((2,) + (1,) * len(pair_shape))
+  normals = radius * cos_turns(turns - quarter)
+  if not rows_pair:
+    normals = normals.reshape(-1)[:size]
+  return normals.reshape(shape).astype(dtype)
+
+
+def counter_normal_tree(key: chex.PRNGKey, tree: Any) -> Any:
+  """Standard normals like each array leaf of ``tree`` (shape, dtype, sharding), from one key.
+
+  The seeds of every leaf come from one ``jax.random.bits(key, (leaves, 4))``
+  call, so that a step derives its keys with one small kernel instead of a
+  few per leaf; each leaf is then drawn as [`counter_normal`][ivon_optax.random.counter_normal]
+  draws it. Leaves that are not arrays (``optax.MaskedNode``) are kept.
+  """
+  leaves, treedef = jax.tree.flatten(tree)
+  seeds = _seeds(key, (max(len(leaves), 1), 4))
+
+  def draw(index, leaf):
+    shape, dtype = _checked(leaf.shape, leaf.dtype)
+    return _sharded(
+      lambda s: normal_from_seeds(s[index], shape, dtype), seeds, jax.typeof(leaf).sharding
+    )
+
+  return treedef.unflatten([draw(index, leaf) for index, leaf in enumerate(leaves)])

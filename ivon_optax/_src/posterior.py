@@ -23,6 +23,7 @@ from ivon_optax._src.checks import concrete_number
 from ivon_optax._src.checks import nan_unless
 from ivon_optax._src.checks import require
 from ivon_optax._src.counter_normal import counter_normal
+from ivon_optax._src.counter_normal import counter_normal_tree
 from ivon_optax._src.prior import GaussianPrior
 
 Sampler = Callable[[chex.PRNGKey, Any, Any], chex.Array]
@@ -247,7 +248,10 @@ def draw(
   ivon_state = aligned_state(state, params)
   if valid is not None:
     ivon_state = ivon_state._replace(ess=nan_unless(valid, ivon_state.ess))
-  normals = optax.tree.random_like(key, ivon_state.hess, sampler=sampler)
+  if sampler is counter_normal:  # one key derivation for all leaves
+    normals = counter_normal_tree(key, ivon_state.hess)
+  else:
+    normals = optax.tree.random_like(key, ivon_state.hess, sampler=sampler)
 
   def noise_of(h, delta, eps, param):
     if _trees.is_masked(h):

@@ -91,8 +91,9 @@ def scale_by_ivon(
   $h$ becomes inf and then NaN a step later; here $\hat h$ and
   $h$ saturate at the dtype's largest finite value and $h + \delta$
   is floored at its smallest normal number, so that from finite gradients
-  $h$, $\sigma$ and the step stay finite. Non-finite gradients
-  still give a NaN step (so ``optax.apply_if_finite`` can skip it). Values the
+  $h$, $\sigma$ and the step stay finite. A non-finite gradient
+  gives a NaN momentum and step (``optax.apply_if_finite`` skips the step and
+  keeps the old state). Values the
   reference accepts but that cannot train are refused: ``beta1=1`` with
   ``debias=True`` (the reference divides 0 by 0 at step 1), and non-finite
   ``ess``, ``hess_init`` or ``weight_decay``. Integer and boolean leaves are
@@ -250,7 +251,12 @@ def scale_by_ivon(
 
     def step(momentum, hess, grad, stat, param, delta, mu):
       ess_, hess_init_ = (jnp.asarray(x, hess.dtype) for x in (state.ess, state.hess_init))
-      momentum = algorithm.new_momentum(momentum, grad, beta1)
+      # A non-finite gradient, or a state made under other posterior arguments
+      # (`ok`), makes the momentum and so the step NaN: optax.apply_if_finite then
+      # skips the step and keeps the old state.
+      momentum = jnp.where(
+        ok & jnp.isfinite(grad), algorithm.new_momentum(momentum, grad, beta1), jnp.nan
+      )
       precision = algorithm.precision_per_example(hess, delta)
       if hess_approx == "price":
         estimate = algorithm.price_estimate(stat, precision, ess_)
@@ -268,10 +274,6 @@ def scale_by_ivon(
       )
       if rescale_lr:
         direction = algorithm.rescaled(direction, hess_init_, delta)
-      # A non-finite gradient gives a NaN step (for optax.apply_if_finite to
-      # skip), though the saturated state stays finite; so does a state made
-      # under other posterior arguments (`consistent`).
-      direction = jnp.where(ok & jnp.isfinite(grad), direction, jnp.nan)
       return momentum, hess, algorithm.saturate(direction.astype(jnp.result_type(param)))
 
     new = _trees.map_unmasked(
