@@ -80,6 +80,63 @@ def _check_other_models_sharding():
   return ivon_optax.sharding.check_state_sharding(state, {"w": jnp.ones((3, 2))})
 
 
+def _init_with_prior(mean=None, precision=1.0, params=None):
+  params = _params() if params is None else params
+  return _build(prior=ivon_optax.GaussianPrior(mean, precision)).init(params)
+
+
+def _with_first_entry(tree, value):
+  return jax.tree.map(lambda leaf: leaf.at[(0,) * leaf.ndim].set(value), tree)
+
+
+def _update_with_transform(state_kwargs, transform_kwargs):
+  """A state made by one transform, updated by another over the same params."""
+  params = _params()
+  state = _build(**state_kwargs).init(params)
+  return _step(_build(**transform_kwargs), params, state=state)
+
+
+def _posterior_prior(ess=ESS):
+  """A posterior handed over as a prior: precision ess * (h + delta) / ess = 25 per element."""
+  params = _params()
+  state = _build(learning_rate=0.01, hess_init=25.0).init(params)
+  return ivon_optax.posterior_as_prior(state, params, ess=ess)
+
+
+def _stack(tree, members=2):
+  return jax.tree.map(lambda leaf: jnp.stack([leaf] * members), tree)
+
+
+def _stacked():
+  params = _stack(_params())
+  return jax.vmap(_build().init)(params), params
+
+
+def _multi_steps_states(micro_steps):
+  """A MultiSteps(ivon) state after ``micro_steps`` micro-steps (all at one sample)."""
+  params = _params()
+  tx = optax.MultiSteps(_build(), every_k_schedule=4)
+  state = tx.init(params)
+  _, noise = ivon_optax.sample_params(jax.random.key(0), state, params)
+  for _ in range(micro_steps):
+    _, state = tx.update(jax.tree.map(jnp.ones_like, params), state, params, noise=noise)
+  return tx, state, params
+
+
+def _fresh_sample_mid_accumulation():
+  _, state, params = _multi_steps_states(1)
+  return ivon_optax.sample_params(jax.random.key(1), state, params)
+
+
+def _rescaled_schedule_over_the_limit():
+  """A schedule that rises above 2 / (h0 + delta) refuses the step where it does."""
+  tx = _build(learning_rate=optax.linear_schedule(0.5, 3.0, 4), hess_init=1.0)
+  params, state = _params(), None
+  for step in range(4):
+    updates, state = _step(tx, params, key=step, state=state)
+  return updates
+
+
 # (id, call, exception type, message fragment). Each row failed silently or with
 # a raw error before it was handled.
 RAISING = [
@@ -122,6 +179,137 @@ RAISING = [
   ("complex_params", lambda: _complex("params"), TypeError, "complex"),
   ("complex_grads", lambda: _complex("grads"), TypeError, "`grads`"),
   ("sharding_other_model", _check_other_models_sharding, ValueError, "`params`"),
+  # Priors: the values are checked in the state's dtype, after the cast.
+  (
+    "prior_mean_nan",
+    lambda: _init_with_prior(mean=_with_first_entry(_params(), jnp.nan)),
+    ValueError,
+    "`prior.mean`",
+  ),
+  (
+    "prior_mean_inf",
+    lambda: _init_with_prior(mean=_with_first_entry(_params(), jnp.inf)),
+    ValueError,
+    "`prior.mean`",
+  ),
+  (
+    "prior_precision_overflows_float32",
+    lambda: _init_with_prior(precision=1e39),
+    ValueError,
+    "`prior.precision`.*float32",
+  ),
+  ("prior_precision_string", lambda: _init_with_prior(precision="1.0"), TypeError, "real numbers"),
+  (
+    "prior_precision_vector_for_two_leaves",
+    lambda: _init_with_prior(precision=jnp.ones(2)),
+    ValueError,
+    "`prior.precision`",
+  ),
+  (
+    "posterior_as_prior_ess_inf",
+    lambda: _posterior_prior(ess=float("inf")),
+    ValueError,
+    "`ess`",
+  ),
+  ("posterior_as_prior_ess_vector", lambda: _posterior_prior(ess=jnp.ones(2)), TypeError, "`ess`"),
+  (
+    "posterior_as_prior_ess_vector_jit",
+    lambda: jax.jit(_posterior_prior)(jnp.ones(2)),
+    TypeError,
+    "`ess` must be a scalar",
+  ),
+  # A state made under one prior, updated by a transform with another.
+  (
+    "state_without_prior_mean",
+    lambda: _update_with_transform({}, dict(prior=ivon_optax.GaussianPrior(_params(), 1.0))),
+    ValueError,
+    "without a prior mean",
+  ),
+  (
+    "state_with_another_prior_mean",
+    lambda: _update_with_transform(
+      dict(prior=ivon_optax.GaussianPrior(_params(), 1.0)),
+      dict(prior=ivon_optax.GaussianPrior(jax.tree.map(jnp.ones_like, _params()), 1.0)),
+    ),
+    ValueError,
+    "prior",
+  ),
+  (
+    "state_with_per_leaf_precision_given_per_element",
+    lambda: _update_with_transform(
+      dict(prior=ivon_optax.GaussianPrior(None, {"w": 1.0, "b": 1.0})),
+      dict(prior=ivon_optax.GaussianPrior(None, jax.tree.map(jnp.ones_like, _params()))),
+    ),
+    ValueError,
+    "prior",
+  ),
+  (
+    "prior_precision_tree_unlike_the_state",
+    lambda: _update_with_transform(
+      dict(prior=ivon_optax.GaussianPrior(None, 1.0)),
+      dict(prior=ivon_optax.GaussianPrior(None, {"w": 1.0})),
+    ),
+    ValueError,
+    "`prior.precision`",
+  ),
+  # rescale_lr multiplies the step by h0 + delta: at lr * (h0 + delta) >= 2 it diverges.
+  (
+    "rescale_lr_with_a_posterior_prior",
+    lambda: _build(prior=_posterior_prior()),
+    ValueError,
+    "`learning_rate`=0.1 with rescale_lr=True.*rescale_lr=False",
+  ),
+  ("rescale_lr_with_weight_decay_25", lambda: _build(weight_decay=25.0), ValueError, "< 0.07692"),
+  (
+    "rescale_lr_schedule_over_the_limit",
+    _rescaled_schedule_over_the_limit,
+    ValueError,
+    "`learning_rate`=2.",
+  ),
+  # A stack of ensemble members' states where one is expected.
+  (
+    "stacked_state_update",
+    lambda: _update_with(jax.vmap(ivon_optax.scale_by_ivon(ESS).init)(_stack(_params()))),
+    ValueError,
+    "stack of IVON states",
+  ),
+  (
+    "stacked_state_sample_params",
+    lambda: ivon_optax.sample_params(jax.random.key(0), *_stacked()),
+    ValueError,
+    "stack of IVON states",
+  ),
+  (
+    "stacked_state_posterior_std",
+    lambda: ivon_optax.posterior_std(*_stacked()),
+    ValueError,
+    "jax.vmap",
+  ),
+  (
+    "stacked_state_posterior_as_prior",
+    lambda: ivon_optax.posterior_as_prior(*_stacked(), ess=ESS),
+    ValueError,
+    "stack of IVON states",
+  ),
+  # optax.MultiSteps hands IVON the mean gradient of k micro-steps and the last noise.
+  (
+    "multisteps_fresh_sample_mid_accumulation",
+    _fresh_sample_mid_accumulation,
+    ValueError,
+    "MultiSteps between micro-steps",
+  ),
+  (
+    "scale_posterior_vector_tau",
+    lambda: ivon_optax.calibration.scale_posterior(_build().init(_params()), jnp.ones(2)),
+    TypeError,
+    "`scale` must be a scalar",
+  ),
+  (
+    "scale_posterior_vector_tau_jit",
+    lambda: jax.jit(ivon_optax.calibration.scale_posterior)(_build().init(_params()), jnp.ones(2)),
+    TypeError,
+    "`scale` must be a scalar",
+  ),
 ]
 
 
@@ -191,6 +379,13 @@ NAN = [
   ("weight_decay_negative_at_init", lambda: _traced_init("weight_decay", -1.0)),
   ("hess_init_nan_at_init", lambda: _traced_init("hess_init", np.nan)),
   ("empty_sample_average_jit", _traced_empty_average),
+  # A rate at or above the limit 2 / (h0 + delta) of the rescaled step.
+  ("learning_rate_over_the_rescale_limit", lambda: _injected("learning_rate", 2.5)[0]),
+  # A fresh sample between MultiSteps micro-steps.
+  (
+    "multisteps_fresh_sample_jit",
+    lambda: jax.jit(ivon_optax.sample_params)(jax.random.key(1), *_multi_steps_states(1)[1:])[1],
+  ),
 ]
 
 
@@ -379,3 +574,61 @@ def test_no_warning_for_float32_state():
   with warnings.catch_warnings():
     warnings.simplefilter("error")
     _build(state_dtype=jnp.float32)
+
+
+# --- rescale_lr: the limit lr * (h0 + delta) < 2 is where the weights start to diverge --------
+
+
+def _prior_pull(learning_rate, *, rescale_lr=True, steps=200):
+  """|m - mu_0| after ``steps`` steps of zero gradients under a prior of precision 25.
+
+  Without curvature from the data, h decays towards 0 (fast, with beta2 0.5),
+  and each step then multiplies m - mu_0 by 1 - lr * (h0 + delta).
+  """
+  params = {"w": jnp.ones(4)}
+  prior = ivon_optax.GaussianPrior(jax.tree.map(jnp.zeros_like, params), 25.0)
+  direction = ivon_optax.scale_by_ivon(
+    ESS, hess_init=1.0, beta2=0.5, prior=prior, rescale_lr=rescale_lr
+  )
+  # optax.scale applies the rate unchecked: the divergence the check refuses.
+  tx = optax.chain(direction, optax.scale(-learning_rate))
+  state = tx.init(params)
+
+  def step(carry, _):
+    params, state = carry
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    updates, state = tx.update(zeros, state, params, noise=zeros)
+    return (optax.apply_updates(params, updates), state), None
+
+  (params, _), _ = jax.lax.scan(step, (params, state), length=steps)
+  return float(jnp.max(jnp.abs(params["w"])))
+
+
+def test_the_rescaled_step_diverges_exactly_beyond_the_limit():
+  limit = 2.0 / 26.0  # 2 / (h0 + delta)
+  assert _prior_pull(0.9 * limit) < 1e-3  # contracts: |1 - 0.9 * 2| = 0.8 per step
+  assert _prior_pull(1.1 * limit) > 1e6  # grows: |1 - 1.1 * 2| = 1.2 per step, once h ~ 0
+  with pytest.raises(ValueError, match="rescale_lr=False"):
+    ivon_optax.ivon(1.1 * limit, ESS, prior=ivon_optax.GaussianPrior(None, 25.0))
+  ivon_optax.ivon(0.9 * limit, ESS, prior=ivon_optax.GaussianPrior(None, 25.0))
+  # Without rescale_lr the step is a Newton step: lr 0.1 converges.
+  assert _prior_pull(0.1, rescale_lr=False) < 1e-3
+  ivon_optax.ivon(0.1, ESS, prior=_posterior_prior(), rescale_lr=False)
+
+
+# --- MultiSteps: one sample per optimizer step; predictions may sample at any micro-step ---
+
+
+def test_multisteps_sample_once_per_step_and_predict_at_any_micro_step():
+  tx, state, params = _multi_steps_states(0)
+  sampled, noise = ivon_optax.sample_params(jax.random.key(0), state, params)  # first micro-step
+  for micro_step in range(1, 4):
+    _, state = tx.update(jax.tree.map(jnp.ones_like, params), state, params, noise=noise)
+    assert int(state.mini_step) == micro_step
+    outputs = ivon_optax.predict.sample_outputs(
+      jax.random.key(micro_step), lambda p, x: p["b"] * x, state, params, 1.0, num_samples=2
+    )
+    assert bool(jnp.all(jnp.isfinite(outputs)))
+  _, state = tx.update(jax.tree.map(jnp.ones_like, params), state, params, noise=noise)
+  assert int(state.mini_step) == 0 and int(ivon_optax.find_ivon_state(state).count) == 1
+  ivon_optax.sample_params(jax.random.key(5), state, params)  # the next step's sample

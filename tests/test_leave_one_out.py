@@ -21,8 +21,10 @@ import ivon_optax
 def test_loo_from_change_formula(seed, num_classes):
   rng = np.random.default_rng(seed)
   logits = rng.normal(size=(6, num_classes)) * 2
-  change = rng.normal(size=(6, num_classes))
   labels = rng.integers(0, num_classes, 6)
+  probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+  # A change v * e with v >= 0, as the diagonal estimate makes: never below the training NLL.
+  change = rng.uniform(0.0, 3.0, size=(6, num_classes)) * (probs - np.eye(num_classes)[labels])
   estimate = ivon_optax.sensitivity.loo_from_change(
     jnp.asarray(logits, jnp.float32), jnp.asarray(labels), jnp.asarray(change, jnp.float32)
   )
@@ -31,6 +33,39 @@ def test_loo_from_change_formula(seed, num_classes):
   chex.assert_trees_all_close(estimate.nll, -log_probs[np.arange(6), labels].mean(), rtol=1e-5)
   chex.assert_trees_all_close(estimate.error, np.mean(perturbed.argmax(-1) != labels))
   chex.assert_trees_all_close(estimate.train_error, np.mean(logits.argmax(-1) != labels))
+
+
+def test_impossible_estimates_are_flagged():
+  """Leaving an example out never makes it fit better: an estimate below that is flagged."""
+  logits = jnp.array([[1.0, 0.0], [0.0, 1.0], [2.0, 0.0]])
+  labels = jnp.array([0, 1, 0])
+  towards_the_label = jnp.array([[1.0, -1.0], [-1.0, 1.0], [0.0, 0.0]])
+  with pytest.warns(UserWarning, match="2 examples.*`nll` and `error` are NaN"):
+    estimate = ivon_optax.sensitivity.loo_from_change(logits, labels, towards_the_label)
+  assert int(estimate.num_below_train) == 2
+  assert np.isnan(estimate.nll) and np.isnan(estimate.error)
+  assert np.isfinite(estimate.train_nll) and float(estimate.train_error) == 0.0
+  # One impossible example whose mean stays above the training NLL: counted, kept.
+  mixed = jnp.array([[0.1, -0.1], [3.0, -3.0], [-3.0, 3.0]])
+  with pytest.warns(UserWarning, match="1 examples.*wrong"):
+    estimate = ivon_optax.sensitivity.loo_from_change(logits, labels, mixed)
+  assert int(estimate.num_below_train) == 1 and float(estimate.nll) > float(estimate.train_nll)
+  jitted = jax.jit(ivon_optax.sensitivity.loo_from_change)(logits, labels, towards_the_label)
+  assert int(jitted.num_below_train) == 2 and np.isnan(jitted.nll)
+
+
+def test_diagonal_and_block_estimates_are_never_below_the_training_nll():
+  rng = np.random.default_rng(0)
+  logits = jnp.asarray(rng.normal(size=(50, 4)) * 3, jnp.float32)
+  labels = jnp.asarray(rng.integers(0, 4, 50))
+  factor = rng.normal(size=(50, 4, 4))
+  covariance = jnp.asarray(factor @ factor.transpose(0, 2, 1), jnp.float32)  # PSD blocks
+  error, curvature = ivon_optax.sensitivity.softmax_error_and_curvature(logits, labels)
+  for method in ("diagonal", "block"):
+    change = ivon_optax.sensitivity.loo_change(covariance, error, curvature, method=method)
+    estimate = ivon_optax.sensitivity.loo_from_change(logits, labels, change)
+    assert int(estimate.num_below_train) == 0, method
+    assert float(estimate.nll) > float(estimate.train_nll)
 
 
 def test_loo_probabilities_are_clamped():

@@ -32,6 +32,62 @@ def check_beta1_for_debias(beta1, debias: bool) -> None:
     )
 
 
+def largest_step_factor(hess_init, weight_decay, prior) -> Any:
+  r"""$h_0 + \max \delta$, the largest factor ``rescale_lr`` multiplies a step by.
+
+  ``None`` where it cannot be known when the transform is built (a traced
+  prior, or a prior whose precision is not real numbers, which ``init``
+  refuses). Computed once, from the arguments; masked-out leaves count too,
+  and precisions beyond float32's range (which ``init`` refuses for float32
+  params) do not.
+  """
+  if prior is None:
+    return hess_init + weight_decay
+  largest = 0.0
+  for leaf in jax.tree.leaves(prior.precision):
+    if isinstance(leaf, jax.core.Tracer):
+      return None
+    try:
+      values = np.asarray(leaf, np.float64)
+    except (TypeError, ValueError):
+      return None
+    # Precisions beyond float32's range are init's to refuse (for float32 params).
+    values = values[np.abs(values) <= checks.FLOAT32_MAX]
+    largest = max(largest, float(values.max(initial=0.0)))
+  return hess_init + largest
+
+
+def stable_learning_rate(learning_rate, step_factor):
+  r"""``learning_rate``, checked against the stability limit of the rescaled step.
+
+  With ``rescale_lr`` the step is $\alpha (h_0 + \delta)$ times a Newton
+  step, $(\hat g + \delta (m - \mu_0)) / (h + \delta)$. Where the data
+  have no curvature and $h$ has decayed towards 0 (dead units, or the
+  weights a prior pins), each step multiplies $m - \mu_0$ by
+  $1 - \alpha (h_0 + \delta)$: at $\alpha (h_0 + \delta) \ge 2$ the
+  weights grow geometrically. A concrete rate at or above the limit raises a
+  ``ValueError``; a traced one gives NaN (a scalar check per step).
+  """
+  if step_factor is None:
+    return learning_rate
+  valid = learning_rate * step_factor < 2.0
+  if checks.concrete_number("learning_rate", learning_rate) is None or isinstance(
+    valid, jax.core.Tracer
+  ):
+    return checks.nan_unless(valid, learning_rate)
+  if not valid:
+    raise ValueError(
+      f"`learning_rate`={float(learning_rate):g} with rescale_lr=True multiplies each step by "
+      f"learning_rate * (hess_init + largest prior precision) = "
+      f"{float(learning_rate * step_factor):g} >= 2: where the data do not pin a weight, "
+      "the pull to the prior mean overshoots and the weights grow without bound. Use "
+      f"learning_rate < {2.0 / float(step_factor):.4g}, or rescale_lr=False (the step is "
+      "then a Newton step; learning rates 0.1 to 0.5 are natural), as for a prior from "
+      "posterior_as_prior."
+    )
+  return learning_rate
+
+
 def check_state_dtype(state_dtype) -> None:
   if state_dtype is None:
     return
@@ -165,6 +221,12 @@ def check_state(state, params) -> None:
     raise TypeError(
       f"`state` must be the ivon_optax.IVONState made by this optimizer's "
       f"init (tx.init(params)); got {type(state).__name__}."
+    )
+  if jnp.ndim(state.count) != 0:
+    raise ValueError(
+      f"`state` is a stack of IVON states (leading shape {jnp.shape(state.count)}, e.g. "
+      "ensemble members from jax.vmap(tx.init)); update one member at a time: "
+      "jax.vmap(tx.update)(grads, states, params, noise=noise) over the members."
     )
   _trees.check_like_params(
     "params",

@@ -23,28 +23,93 @@ $\lambda / \tau^2$ ([`scale_posterior`][ivon_optax.calibration.scale_posterior])
 the posterior (a "cold" posterior), $\tau > 1$ widens it.
 """
 
+import math
 from collections.abc import Callable
+from typing import Any
 from typing import NamedTuple
 
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ivon_optax._src.checks import check_count
+from ivon_optax._src.checks import concrete_number
 from ivon_optax._src.checks import nan_unless
+from ivon_optax._src.checks import real_array
 from ivon_optax._src.checks import require
+from ivon_optax._src.metrics import check_class_axis
 from ivon_optax._src.metrics import check_labels
-from ivon_optax._src.metrics import negative_log_likelihood
+from ivon_optax._src.metrics import check_labels_for
+from ivon_optax._src.metrics import check_predictions
+from ivon_optax._src.metrics import label_log_probs
 
 
 def _check_positive(name: str, value: chex.Array, fix: str) -> chex.Array:
   """Elementwise ``value > 0`` (NaN fails); raises ``ValueError`` on concrete values."""
-  value = jnp.asarray(value)
+  value = jnp.asarray(real_array(name, value))
   return require(value > 0, value, f"`{name}` must be > 0; found {{}}. {fix}")
+
+
+def _per_row(temperature: chex.Array, shape: tuple) -> chex.Array:
+  """``temperature`` shaped to broadcast against logits of ``shape``: one value per row.
+
+  A scalar, an array of the rows' shape ``shape[:-1]`` (or broadcasting to
+  it), or that shape with a trailing 1. Anything else would broadcast
+  against the class axis, e.g. a per-example vector against ``(n, n)``
+  logits: a ``ValueError``.
+  """
+  temperature = real_array("temperature", temperature)
+  rows = shape[:-1]
+  if jnp.ndim(temperature) == len(shape) and jnp.shape(temperature)[-1:] == (1,):
+    temperature = temperature[..., 0]
+  try:
+    fits = jnp.broadcast_shapes(jnp.shape(temperature), rows) == rows
+  except ValueError:
+    fits = False
+  if not fits:
+    raise ValueError(
+      f"`temperature` must be a scalar or one per row of the logits (shape {rows}, or "
+      f"{(*rows, 1)}); got shape {jnp.shape(temperature)} for logits of shape {shape}. "
+      "Per-class temperatures are not supported."
+    )
+  return jnp.asarray(temperature)[..., None]
+
+
+def _valid_logits(logits: chex.Array) -> chex.Array:
+  """Rows of ``logits`` (keepdims) without NaN and with an entry above ``-inf``; raises if not."""
+  valid = ~jnp.any(jnp.isnan(logits), axis=-1, keepdims=True) & jnp.any(
+    logits > -jnp.inf, axis=-1, keepdims=True
+  )
+  return require(
+    valid,
+    _row_numbers(jnp.shape(valid)),
+    "`logits` must not hold NaN, and each row needs an entry above -inf; found bad rows {}.",
+  )
+
+
+def _row_numbers(shape: tuple) -> np.ndarray:
+  """The flat index of each row, for messages."""
+  return np.arange(math.prod(shape)).reshape(shape)
+
+
+def _scaled(logits: chex.Array, temperature: chex.Array) -> chex.Array:
+  r"""$z / T$, or, in a row that holds $+\infty$, its limit: 0 there, $-\infty$ elsewhere.
+
+  A row with a logit of $+\infty$ puts all its probability on the
+  $+\infty$ entries at every temperature; $\infty / T$ would make the
+  softmax NaN instead.
+  """
+  top = jnp.isposinf(logits)
+  certain = jnp.any(top, axis=-1, keepdims=True)
+  return jnp.where(certain, jnp.where(top, 0.0, -jnp.inf), logits / temperature)
 
 
 def temperature_scale(logits: chex.Array, temperature: chex.Array) -> chex.Array:
   r"""Log probabilities at temperature $T$: $\log\mathrm{softmax}(z / T)$.
+
+  A row that holds a logit of $+\infty$ keeps all its probability there at
+  any $T$ (the limit of the formula); logits of $-\infty$ have probability 0.
 
   Examples:
     >>> import jax.numpy as jnp, ivon_optax.calibration
@@ -55,28 +120,45 @@ def temperature_scale(logits: chex.Array, temperature: chex.Array) -> chex.Array
 
   Args:
     logits: logits or log probabilities, class axis last.
-    temperature: $T > 0$, a scalar (or anything that broadcasts against
-      ``logits[..., :1]``).
+    temperature: $T > 0$: a scalar, or one per row of ``logits``
+      (shape ``logits.shape[:-1]``, or that with a trailing 1). Other shapes
+      raise a ``ValueError``: a vector of per-example temperatures must never
+      be applied per class.
 
   Returns:
     Normalized log probabilities like ``logits``. Under ``jit``, a temperature
-    that is not positive gives NaN.
+    that is not positive, or a row with a NaN, gives NaN (on concrete values,
+    a ``ValueError``).
   """
+  logits = jnp.asarray(real_array("logits", logits))
+  check_class_axis(logits, "logits")
+  temperature = _per_row(temperature, jnp.shape(logits))
   valid = _check_positive("temperature", temperature, "Fit one with fit_temperature.")
-  scaled = jax.nn.log_softmax(jnp.asarray(logits) / temperature, axis=-1)
-  return nan_unless(valid, scaled)
+  valid = valid & _valid_logits(logits)
+  return nan_unless(valid, jax.nn.log_softmax(_scaled(logits, temperature), axis=-1))
 
 
 def _nll_slope(inverse_temperature: chex.Array, logits: chex.Array, labels: chex.Array):
   r"""$\frac{d}{d\beta}$ of the mean NLL at $\beta = 1/T$: $E_{p_\beta}[z] - z_y$.
 
   Entries with probability 0 (logits of $-\infty$) contribute 0, not
-  $0 \cdot \infty$.
+  $0 \cdot \infty$; rows whose label's logit is $+\infty$ (certain at every
+  $T$) contribute 0.
   """
+  label_logit = jnp.take_along_axis(logits, labels[..., None], axis=-1)[..., 0]
+  certain = jnp.isposinf(label_logit)
+  logits = jnp.where(certain[..., None], 0.0, logits)
   probs = jax.nn.softmax(inverse_temperature * logits, axis=-1)
   expected = jnp.sum(jnp.where(probs > 0, probs * logits, 0.0), axis=-1)
-  label_logit = jnp.take_along_axis(logits, labels[..., None], axis=-1)[..., 0]
-  return jnp.mean(expected - label_logit)
+  return jnp.mean(jnp.where(certain, 0.0, expected - label_logit))
+
+
+def _check_bounds(bounds: Any) -> tuple:
+  if not isinstance(bounds, (tuple, list)) or len(bounds) != 2:
+    raise TypeError(f"`bounds` must be a pair (T_min, T_max) of positive numbers; got {bounds!r}.")
+  for index, bound in enumerate(bounds):
+    concrete_number(f"bounds[{index}]", bound)
+  return tuple(bounds)
 
 
 def fit_temperature(
@@ -100,6 +182,12 @@ def fit_temperature(
   rate, no starting point, and jittable. Each iteration halves the bracket
   ``bounds`` in log space, so 60 iterations reach round-off.
 
+  Infinite logits: a row whose label's logit is $+\infty$ is right with
+  certainty at every temperature and adds nothing to the slope (if every row
+  is such a row, $\hat T = 1$); a row with $+\infty$ at another class, or
+  $-\infty$ at its label, has an infinite NLL at every temperature and is
+  refused (``ValueError``; NaN under ``jit``), as are NaN logits.
+
   Examples:
     >>> import jax, jax.numpy as jnp, ivon_optax.calibration
     >>> logits = 3.0 * jax.random.normal(jax.random.key(0), (4000, 5))
@@ -112,36 +200,47 @@ def fit_temperature(
     logits: logits or log probabilities ``(n, classes)`` of a validation
       split (any leading shape; the NLL is the mean over all rows).
     labels: integer labels ``logits.shape[:-1]``.
-    bounds: ``(T_min, T_max)``, the bracket searched. Where the NLL still
-      decreases at a bound (e.g. separable data, where it keeps falling as
-      $T \to 0$), that bound is returned.
+    bounds: ``(T_min, T_max)``, two real scalars, the bracket searched.
+      Where the NLL still decreases at a bound (e.g. separable data, where it
+      keeps falling as $T \to 0$), that bound is returned.
     num_iterations: bisection steps (an integer >= 1).
 
   Returns:
-    $\hat T$, a float32 (or float64) scalar. NaN for an invalid label,
-    a NaN logit, or bounds that are not ``0 < T_min < T_max`` (under ``jit``
-    these cannot raise).
+    $\hat T$, a float32 (or float64) scalar. Under ``jit``, NaN for an
+    invalid label, a NaN or impossible logit, or bounds that are not
+    ``0 < T_min < T_max < inf``; on concrete values these raise a ``ValueError``.
   """
   num_iterations = check_count("num_iterations", num_iterations, fix="Use e.g. 60.")
-  logits = jnp.asarray(logits)
+  bounds = _check_bounds(bounds)
+  logits = jnp.asarray(real_array("logits", logits))
   if jnp.ndim(logits) < 1 or jnp.shape(logits)[:-1] != jnp.shape(labels) or jnp.size(labels) == 0:
     raise ValueError(
       f"`logits` with shape {jnp.shape(logits)} and `labels` with shape {jnp.shape(labels)}: "
       "pass one integer label per row of logits (class axis last), at least one row."
     )
+  check_class_axis(logits, "logits")
   dtype = jnp.promote_types(logits.dtype, jnp.float32)
   logits = logits.astype(dtype)
   labels = jnp.asarray(labels)
   low, high = jnp.asarray(bounds[0], dtype), jnp.asarray(bounds[1], dtype)
   valid_bounds = require(
-    (low > 0) & (high > low),
+    (low > 0) & (high > low) & jnp.isfinite(high),
     jnp.stack([low, high]),
-    "`bounds` must be (T_min, T_max) with 0 < T_min < T_max; found {}.",
+    "`bounds` must be (T_min, T_max) with 0 < T_min < T_max < inf; found {}.",
   )
-  valid = (
-    jnp.all(check_labels(labels, jnp.shape(logits)[-1]))
-    & ~jnp.any(jnp.isnan(logits))
-    & jnp.all(valid_bounds)
+  valid = jnp.all(check_labels(labels, jnp.shape(logits)[-1])) & jnp.all(valid_bounds)
+  label_logit = jnp.take_along_axis(logits, jnp.clip(labels, 0)[..., None], axis=-1)[..., 0]
+  certain = jnp.isposinf(label_logit)
+  finite_nll = ~jnp.isnan(logits).any(-1) & (
+    certain | ((label_logit > -jnp.inf) & ~jnp.isposinf(logits).any(-1))
+  )
+  valid &= jnp.all(
+    require(
+      finite_nll,
+      _row_numbers(jnp.shape(finite_nll)),
+      "`logits` must give each row a finite NLL: no NaN, no -inf at the label and no +inf at "
+      "another class (the NLL would be infinite at every temperature); found bad rows {}.",
+    )
   )
 
   # Bisect on log beta, beta = 1/T in [1/T_max, 1/T_min].
@@ -153,7 +252,8 @@ def fit_temperature(
 
   bracket = (-jnp.log(high), -jnp.log(low))
   log_low, log_high = jax.lax.fori_loop(0, num_iterations, bisect, bracket)
-  return nan_unless(valid, jnp.exp(-0.5 * (log_low + log_high)))
+  fitted = jnp.where(jnp.all(certain), 1.0, jnp.exp(-0.5 * (log_low + log_high)))
+  return nan_unless(valid, fitted.astype(dtype))
 
 
 class PosteriorScaleFit(NamedTuple):
@@ -215,18 +315,36 @@ def fit_posterior_scale(
       change".
 
   Returns:
-    A [`PosteriorScaleFit`][ivon_optax.calibration.PosteriorScaleFit]. NaN NLLs (invalid labels or
-    predictions under ``jit``) make ``scale`` NaN.
+    A [`PosteriorScaleFit`][ivon_optax.calibration.PosteriorScaleFit]. Labels out of range,
+    predictions that are not normalized log probabilities and scales that are not positive raise
+    a ``ValueError``; under ``jit`` they make ``scale`` and ``nlls`` NaN.
   """
-  scales = default_scales() if scales is None else jnp.asarray(scales)
+  scales = default_scales() if scales is None else jnp.asarray(real_array("scales", scales))
   if jnp.ndim(scales) != 1 or jnp.size(scales) == 0:
     raise ValueError(
       f"`scales` must be a non-empty 1-D array of candidate posterior scales; got shape "
       f"{jnp.shape(scales)}."
     )
   valid = jnp.all(_check_positive("scales", scales, "Candidates must be positive."))
-  nlls = jax.lax.map(lambda tau: negative_log_likelihood(predict_fn(tau), labels), scales)
-  best = scales[jnp.argmin(nlls)]
-  return PosteriorScaleFit(
-    scale=nan_unless(valid & ~jnp.any(jnp.isnan(nlls)), best), scales=scales, nlls=nlls
+  # Shapes and labels are checked before the map (the shape costs a trace);
+  # whether the predictions are normalized is known after it.
+  valid &= jnp.all(check_labels_for(jax.eval_shape(predict_fn, scales[0]).shape, labels))
+
+  def nll_at(tau):
+    log_probs = predict_fn(tau)
+    predictions_valid = check_predictions(log_probs, labels)
+    return -jnp.mean(label_log_probs(log_probs, labels)), predictions_valid
+
+  nlls, predictions_valid = jax.lax.map(nll_at, scales)
+  valid &= jnp.all(
+    require(
+      predictions_valid,
+      scales,
+      "`predict_fn(tau)` must return normalized log probabilities (each row's logsumexp 0, "
+      "no NaN); it did not at tau = {}. Return "
+      "ivon_optax.predict.predictive_log_probs(logits), not logits.",
+    )
   )
+  nlls = nan_unless(valid, nlls)
+  best = scales[jnp.argmin(nlls)]
+  return PosteriorScaleFit(scale=nan_unless(valid, best), scales=scales, nlls=nlls)

@@ -128,18 +128,20 @@ RULES = {
 }
 
 
-def concrete_number(name: str, value: Any) -> float | None:
-  """``value`` as a float if it is a concrete real scalar; ``None`` if it is traced.
+def real_array(name: str, value: Any) -> Any:
+  """``value`` as an array of real numbers (a traced or jax array stays as it is).
 
   Raises:
-    TypeError: if ``value`` is not a real number or a scalar array of one.
+    TypeError: if ``value`` does not hold real numbers (strings, complex
+      numbers, objects), naming the argument.
   """
-  if isinstance(value, jax.core.Tracer):
-    return None
-  try:
-    array = np.asarray(value)
-  except (TypeError, ValueError) as error:
-    raise TypeError(f"`{name}` must be a real number; got {type(value).__name__}.") from error
+  if isinstance(value, (jax.Array, jax.core.Tracer)):
+    array = value
+  else:
+    try:
+      array = np.asarray(value)
+    except (TypeError, ValueError) as error:
+      raise TypeError(f"`{name}` must be a real number; got {type(value).__name__}.") from error
   if not (jnp.issubdtype(array.dtype, jnp.number) or array.dtype == bool) or jnp.issubdtype(
     array.dtype, jnp.complexfloating
   ):
@@ -147,9 +149,20 @@ def concrete_number(name: str, value: Any) -> float | None:
       f"`{name}` must be a real number; got {type(value).__name__} {value!r} "
       f"(dtype {array.dtype}). Pass e.g. {name}=10.0."
     )
-  if array.ndim != 0:
-    raise TypeError(f"`{name}` must be a scalar; got an array of shape {array.shape}.")
-  return float(array)
+  return array
+
+
+def concrete_number(name: str, value: Any) -> float | None:
+  """``value`` as a float if it is a concrete real scalar; ``None`` if it is traced.
+
+  Raises:
+    TypeError: if ``value`` is not a real number or a scalar array of one
+      (a traced value's shape and dtype are checked too).
+  """
+  array = real_array(name, value)
+  if jnp.ndim(array) != 0:
+    raise TypeError(f"`{name}` must be a scalar; got an array of shape {jnp.shape(array)}.")
+  return None if isinstance(array, jax.core.Tracer) else float(array)
 
 
 def guard(name: str, value: Any) -> Any:

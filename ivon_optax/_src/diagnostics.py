@@ -16,6 +16,9 @@ import optax
 
 from ivon_optax._src import algorithm
 from ivon_optax._src import trees as _trees
+from ivon_optax._src.checks import guard
+from ivon_optax._src.ensemble import check_stacked_states
+from ivon_optax._src.ensemble import member_count
 from ivon_optax._src.posterior import aligned_state
 from ivon_optax._src.posterior import find_ivon_state
 from ivon_optax._src.posterior import total_precision
@@ -102,13 +105,17 @@ def diagnostics(
       or a stack of them (vmapped ensemble members, with params stacked the
       same way): then every value has a leading member axis.
     params: the params that state was created for.
-    learning_rate: the current learning rate, to report ``effective_lr``.
+    learning_rate: the current learning rate (a scalar >= 0), to report
+      ``effective_lr``; NaN under ``jit`` if invalid.
 
   Returns:
     A dict of scalar arrays (or one value per member), ready for a logger
     (``float(value)``). The function is jittable.
   """
+  if learning_rate is not None:
+    learning_rate = guard("learning_rate", learning_rate)
   if jnp.ndim(find_ivon_state(state).count) == 1:
+    check_stacked_states(state, member_count(params), name="state")
     return jax.vmap(lambda s, p: diagnostics(s, p, learning_rate=learning_rate))(state, params)
   ivon_state = aligned_state(state, params)
   hess_tree, delta_tree = ivon_state.hess, ivon_state.prior_precision

@@ -21,23 +21,34 @@ from typing import Any
 
 import chex
 import jax
+import jax.numpy as jnp
 import optax
 
 from ivon_optax._src.checks import check_count
 from ivon_optax._src.checks import check_key
+from ivon_optax._src.posterior import find_ivon_state
 from ivon_optax._src.predict import sample_outputs
 
 
-def _num_members(params: optax.Params) -> int:
-  sizes = {
-    jax.numpy.shape(leaf)[0] if jax.numpy.ndim(leaf) else None for leaf in jax.tree.leaves(params)
-  }
+def member_count(params: optax.Params) -> int:
+  sizes = {jnp.shape(leaf)[0] if jnp.ndim(leaf) else None for leaf in jax.tree.leaves(params)}
   if len(sizes) != 1 or None in sizes or 0 in sizes:
     raise ValueError(
       "`params` must be the members' params stacked on a leading axis of one size K >= 1 "
       f"(e.g. jax.vmap(init)(keys)); found leading sizes {sorted(map(str, sizes))}."
     )
   return sizes.pop()
+
+
+def check_stacked_states(states: optax.OptState, count: int, name: str = "states") -> None:
+  """Raises a ``ValueError`` unless ``states`` stacks ``count`` IVON states on axis 0."""
+  shape = jnp.shape(find_ivon_state(states).count)
+  if shape != (count,):
+    raise ValueError(
+      f"`{name}` must be the members' optimizer states stacked on a leading axis of size "
+      f"{count}, as the params are (jax.vmap(tx.init)(params)); its IVON state has "
+      f"leading shape {shape}."
+    )
 
 
 def sample_ensemble_outputs(
@@ -85,7 +96,8 @@ def sample_ensemble_outputs(
   """
   check_key(key)
   num_samples = check_count("num_samples", num_samples, fix="Use e.g. num_samples=16 per member.")
-  num_members = _num_members(params)
+  num_members = member_count(params)
+  check_stacked_states(states, num_members)
 
   def member(member_key, state, member_params):
     return sample_outputs(

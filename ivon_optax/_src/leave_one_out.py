@@ -51,6 +51,7 @@ References:
   NeurIPS 2023.
 """
 
+import warnings
 from typing import Any
 from typing import Literal
 from typing import NamedTuple
@@ -61,13 +62,16 @@ import jax.numpy as jnp
 import optax
 
 from ivon_optax._src.checks import nan_unless
+from ivon_optax._src.checks import require
+from ivon_optax._src.metrics import check_class_axis
+from ivon_optax._src.metrics import check_eps
+from ivon_optax._src.metrics import check_label_shape
 from ivon_optax._src.metrics import check_labels
 from ivon_optax._src.metrics import label_log_probs
 from ivon_optax._src.metrics import predicts_label
 from ivon_optax._src.posterior import posterior_std
 from ivon_optax._src.prediction_variance import ApplyFn
-from ivon_optax._src.prediction_variance import check_batch
-from ivon_optax._src.prediction_variance import num_examples
+from ivon_optax._src.prediction_variance import check_classifier_labels
 from ivon_optax._src.prediction_variance import prediction_covariance
 from ivon_optax._src.prediction_variance import prediction_variance
 
@@ -78,17 +82,37 @@ LOO_METHODS = ("diagonal", "block", "leverage")
 class LOOEstimate(NamedTuple):
   """Leave-one-out estimates and, for comparison, the training metrics at the mean."""
 
-  nll: chex.Array  # shape=(), float: estimated leave-one-out NLL.
-  error: chex.Array  # shape=(), float: estimated leave-one-out error rate.
+  nll: chex.Array  # shape=(), float: estimated leave-one-out NLL; NaN if impossible.
+  error: chex.Array  # shape=(), float: estimated leave-one-out error rate; NaN if impossible.
   train_nll: chex.Array  # shape=(), float: NLL of the training data at the mean.
   train_error: chex.Array  # shape=(), float: training error rate at the mean.
+  num_below_train: chex.Array  # shape=(), int32: examples whose estimate is below their train NLL.
 
 
-def _nll_and_error(logits: chex.Array, labels: chex.Array, eps: float) -> tuple:
-  r"""Mean $-\log \max(\mathrm{softmax}(f_i)_{y_i}, \epsilon)$, and the error rate."""
+def _example_nlls(logits: chex.Array, labels: chex.Array, eps: chex.Numeric) -> chex.Array:
+  r"""$-\log \max(\mathrm{softmax}(f_i)_{y_i}, \epsilon)$ of each example."""
   log_probs = jax.nn.log_softmax(logits, axis=-1)
-  nll = -jnp.mean(jnp.maximum(label_log_probs(log_probs, labels), jnp.log(eps)))
-  return nll, 1.0 - jnp.mean(predicts_label(logits, labels), dtype=nll.dtype)
+  return -jnp.maximum(label_log_probs(log_probs, labels), jnp.log(eps).astype(log_probs.dtype))
+
+
+def _error_rate(logits: chex.Array, labels: chex.Array, dtype) -> chex.Array:
+  return 1.0 - jnp.mean(predicts_label(logits, labels), dtype=dtype)
+
+
+def below_train(loo_nlls: chex.Array, train_nlls: chex.Array) -> chex.Array:
+  r"""Which examples' estimated left-out NLL is below their NLL at the mean.
+
+  Exact leave-one-out never is: with $\theta$ the minimizer of the
+  objective with example $i$ and $\theta_{\setminus i}$ that without it,
+  $\ell_i(\theta_{\setminus i}) \ge \ell_i(\theta)$. The ``"diagonal"``
+  and ``"block"`` changes $\Delta f_i = A_i e_i$ respect this for any
+  positive semi-definite $A_i$ (the NLL is convex in the logits and
+  $e_i^\top \Delta f_i \ge 0$); ``"leverage"`` breaks it where an
+  eigenvalue of $A_i \Lambda_i$ reaches 1. A margin of
+  $\sqrt{\epsilon_{\text{machine}}}$ keeps round-off from counting.
+  """
+  margin = jnp.sqrt(jnp.finfo(train_nlls.dtype).eps) * (1.0 + train_nlls)
+  return loo_nlls < train_nlls - margin
 
 
 def loo_from_change(
@@ -101,6 +125,16 @@ def loo_from_change(
     = \frac1N \sum_i -\log \max(\mathrm{softmax}(f_i + \Delta f_i)_{y_i}, \epsilon)
   $$
 
+  **Impossible estimates are flagged.** Leaving an example out never makes
+  the model fit it better, so an estimated left-out NLL below the NLL at the
+  mean is impossible, for one example or for their mean. The ``"leverage"``
+  change gives such examples where an eigenvalue of $A_i \Lambda_i$
+  reaches 1 (a diagonal posterior overstates $A_i$). ``num_below_train``
+  counts them and, on concrete values, a ``UserWarning`` says so. Where the
+  mean itself falls below ``train_nll``, the estimate is impossible and
+  ``nll`` and ``error`` are NaN, so that, e.g., early stopping on it never
+  picks it.
+
   Examples:
     >>> import jax.numpy as jnp, ivon_optax
     >>> logits = jnp.array([[2.0, 0.0]])
@@ -110,30 +144,62 @@ def loo_from_change(
     (1.0, 0.0)
 
   Args:
-    logits: ``(n, k)`` logits at the mean.
+    logits: ``(n, k)`` logits at the mean, at least one example.
     labels: ``(n,)`` integer labels in ``[0, k)``.
     change: ``(n, k)`` estimated change $\Delta f_i = v_i \odot e_i$
       ([`ivon_optax.sensitivity.Sensitivity.change`][]).
-    eps: the floor on the probabilities inside the log.
+    eps: the floor on the probabilities inside the log, in ``[0, 1)``.
 
   Returns:
-    A [`LOOEstimate`][ivon_optax.sensitivity.LOOEstimate]; all NaN under ``jit`` if a label is
-    invalid.
+    A [`LOOEstimate`][ivon_optax.sensitivity.LOOEstimate]. An invalid label or ``eps``, or a
+    NaN logit or change, raises a ``ValueError``; under ``jit`` it makes every field but
+    ``num_below_train`` NaN.
   """
   if jnp.ndim(logits) != 2 or jnp.shape(change) != jnp.shape(logits):
     raise ValueError(
       f"`logits` must have shape (n, classes) and `change` the same shape; got "
       f"{jnp.shape(logits)} and {jnp.shape(change)}."
     )
-  if jnp.shape(labels) != jnp.shape(logits)[:1]:
-    raise ValueError(
-      f"`labels` must have shape ({jnp.shape(logits)[0]},); got {jnp.shape(labels)}."
-    )
-  valid = jnp.all(check_labels(labels, jnp.shape(logits)[-1]))
-  nll, error = _nll_and_error(logits + change, labels, eps)
-  train_nll, train_error = _nll_and_error(logits, labels, eps)
-  return jax.tree.map(
-    lambda value: nan_unless(valid, value), LOOEstimate(nll, error, train_nll, train_error)
+  check_class_axis(logits, "logits")
+  check_label_shape(labels, jnp.shape(logits)[0])
+  if jnp.shape(logits)[0] == 0:
+    raise ValueError("`logits` and `labels` hold no example: leave-one-out needs at least one.")
+  valid = jnp.all(check_labels(labels, jnp.shape(logits)[-1])) & check_eps(eps, 1.0)
+  for name, values in (("logits", logits), ("change", change)):
+    values = jnp.asarray(values)
+    valid &= jnp.all(require(~jnp.isnan(values), values, f"`{name}` must not be NaN; found {{}}."))
+  loo_nlls = _example_nlls(logits + change, labels, eps)
+  train_nlls = _example_nlls(logits, labels, eps)
+  num_below = jnp.sum(below_train(loo_nlls, train_nlls), dtype=jnp.int32)
+  loo_nll, train_nll = jnp.mean(loo_nlls), jnp.mean(train_nlls)
+  possible = valid & ~below_train(loo_nll, train_nll)
+  estimate = LOOEstimate(
+    nll=nan_unless(possible, loo_nll),
+    error=nan_unless(possible, _error_rate(logits + change, labels, loo_nlls.dtype)),
+    train_nll=nan_unless(valid, train_nll),
+    train_error=nan_unless(valid, _error_rate(logits, labels, loo_nlls.dtype)),
+    num_below_train=num_below,
+  )
+  _warn_if_below(estimate)
+  return estimate
+
+
+def _warn_if_below(estimate: LOOEstimate) -> None:
+  num_below = estimate.num_below_train
+  if isinstance(num_below, jax.core.Tracer) or int(num_below) == 0:
+    return
+  verdict = (
+    "the mean too, so `nll` and `error` are NaN"
+    if bool(jnp.isnan(estimate.nll))
+    else "their estimates are wrong, and so may the mean be"
+  )
+  warnings.warn(
+    f"The leave-one-out estimate is below the training NLL for {int(num_below)} "
+    f"examples, which exact leave-one-out never is: {verdict}. With method='leverage' and "
+    "IVON's diagonal posterior, an eigenvalue of A_i Lambda_i reached 1; use "
+    "method='diagonal' (the default), or 'leverage' with a full covariance in loo_change.",
+    UserWarning,
+    stacklevel=3,
   )
 
 
@@ -192,7 +258,8 @@ def loo_change(
     method: ``"diagonal"``, ``"block"`` or ``"leverage"``.
 
   Returns:
-    ``(n, k)`` changes $\Delta f_i$.
+    ``(n, k)`` changes $\Delta f_i$. A block with a negative or NaN variance
+    on its diagonal raises a ``ValueError``; under ``jit`` its row is NaN.
   """
   _check_method(method)
   if jnp.ndim(error) != 2 or jnp.shape(covariance) != (*jnp.shape(error), jnp.shape(error)[-1]):
@@ -205,8 +272,16 @@ def loo_change(
       f"`curvature` must have the shape of `covariance` {jnp.shape(covariance)}; got "
       f"{jnp.shape(curvature)}."
     )
+  variances = jnp.diagonal(covariance, axis1=-2, axis2=-1)
+  valid = require(
+    variances >= 0,
+    variances,
+    "`covariance` must hold positive semi-definite blocks A_i = J_i Sigma J_i^T; found "
+    "diagonal entries (variances) {}, below 0 or NaN.",
+  )
+  error = nan_unless(jnp.all(valid, axis=-1, keepdims=True), error)
   if method == "diagonal":
-    return jnp.diagonal(covariance, axis1=-2, axis2=-1) * error
+    return variances * error
   step = jnp.einsum("nkl,nl->nk", covariance, error)
   if method == "block":
     return step
@@ -234,15 +309,21 @@ def softmax_error_and_curvature(logits: chex.Array, labels: chex.Array) -> tuple
 
   Args:
     logits: ``(n, k)`` logits $f_i$.
-    labels: ``(n,)`` integer labels in ``[0, k)`` (not checked here).
+    labels: ``(n,)`` integer labels in ``[0, k)``.
 
   Returns:
     ``(error, curvature)`` of shapes ``(n, k)`` and ``(n, k, k)``, the inputs
-    of [`loo_change`][ivon_optax.sensitivity.loo_change].
+    of [`loo_change`][ivon_optax.sensitivity.loo_change]. Under ``jit`` the
+    rows of an invalid label are NaN.
   """
+  if jnp.ndim(logits) != 2:
+    raise ValueError(f"`logits` must have shape (n, classes); got {jnp.shape(logits)}.")
+  check_class_axis(logits, "logits")
+  check_label_shape(labels, jnp.shape(logits)[0])
+  valid = check_labels(labels, jnp.shape(logits)[-1])[:, None]
   probs = jax.nn.softmax(logits, axis=-1)
   curvature = jax.vmap(jnp.diag)(probs) - probs[:, :, None] * probs[:, None, :]
-  return _softmax_error(probs, labels), curvature
+  return nan_unless(valid, _softmax_error(probs, labels)), nan_unless(valid[..., None], curvature)
 
 
 def _softmax_error(probs: chex.Array, labels: chex.Array) -> chex.Array:
@@ -290,7 +371,10 @@ def leave_one_out(
   little otherwise. ``"leverage"`` needs the full covariance: a diagonal
   $\sigma^2$ overstates $A_i$ for correlated inputs, the correction
   $(I - A_i \Lambda_i)^{-1}$ then amplifies the error and, where an
-  eigenvalue of $A_i \Lambda_i$ reaches 1, flips its sign. Use it with
+  eigenvalue of $A_i \Lambda_i$ reaches 1, flips its sign: such examples
+  are counted in ``num_below_train``, with a warning, and an estimate whose
+  mean falls below the training NLL is NaN
+  ([`loo_from_change`][ivon_optax.sensitivity.loo_from_change]). Use it with
   [`loo_change`][ivon_optax.sensitivity.loo_change] and $A_i = J_i \Sigma J_i^\top$ from a full
   covariance, where it is within 1% of exact leave-one-out. On a digits MLP
   that fits its training set (train NLL 0.003) every method stays far below
@@ -340,13 +424,14 @@ def leave_one_out(
     eps: the floor on the probabilities inside the log.
 
   Returns:
-    A [`LOOEstimate`][ivon_optax.sensitivity.LOOEstimate] of scalars.
+    A [`LOOEstimate`][ivon_optax.sensitivity.LOOEstimate] of scalars; ``num_below_train``
+    counts impossible per-example estimates.
   """
   _check_method(method)
-  check_batch("labels", labels, num_examples(inputs))
-  # Refuse bad labels before the Jacobians, the expensive part.
-  check_labels(labels, jax.eval_shape(apply_fn, params, inputs).shape[-1])
-  std = posterior_std(state, params)
+  std = posterior_std(state, params)  # first: a state that does not fit raises here
+  if check_classifier_labels(apply_fn, params, inputs, labels) == 0:
+    raise ValueError("`inputs` and `labels` hold no example: leave-one-out needs at least one.")
+  check_eps(eps, 1.0)
   if method == "diagonal":
     # Only the diagonal of A_i is needed: no (n, k, k) blocks, as many classes
     # would make them large.

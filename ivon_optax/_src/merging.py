@@ -46,7 +46,9 @@ import jax.numpy as jnp
 import optax
 
 from ivon_optax._src import trees as _trees
+from ivon_optax._src.checks import concrete_number
 from ivon_optax._src.checks import nan_unless
+from ivon_optax._src.checks import real_array
 from ivon_optax._src.checks import require
 from ivon_optax._src.posterior import posterior_precision
 
@@ -60,7 +62,10 @@ def _task_scales(task_scales: TaskScales, num_tasks: int) -> list:
         f"`task_scales` has {len(task_scales)} entries for {num_tasks} tasks; pass one "
         "scale per task or a single shared scale."
       )
+    for t, scale in enumerate(task_scales):
+      concrete_number(f"task_scales[{t}]", scale)
     return list(task_scales)
+  task_scales = real_array("task_scales", task_scales)
   if jnp.ndim(task_scales) == 1:
     if jnp.shape(task_scales)[0] != num_tasks:
       raise ValueError(
@@ -142,7 +147,11 @@ def merge_with_precisions(
   _check_trees(base_params, finetuned_params, "finetuned_params")
   _check_trees(base_params, precisions, "precisions")
   scales = _task_scales(task_scales, len(finetuned_params))
-  if jax.tree.structure(base_precision) == jax.tree.structure(0.0):
+  concrete_number("delta_0", delta_0)
+  if jax.tree.structure(base_precision) == jax.tree.structure(0.0) and (
+    jnp.ndim(base_precision) == 0 or jax.tree.structure(base_params) != jax.tree.structure(0.0)
+  ):
+    concrete_number("base_precision", base_precision)  # one scalar for every element
     base_precision = jax.tree.map(lambda _: base_precision, base_params)
   else:
     _check_trees(base_params, [base_precision], "base_precision")

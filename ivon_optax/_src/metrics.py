@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ivon_optax._src.checks import check_count
+from ivon_optax._src.checks import concrete_number
 from ivon_optax._src.checks import nan_unless
 from ivon_optax._src.checks import require
 
@@ -49,10 +50,36 @@ def check_labels(labels: chex.Array, num_classes: int, name: str = "labels") -> 
   )
 
 
-def _check_class_axis(log_probs: chex.Array) -> None:
+def check_label_shape(labels: chex.Array, num_examples: int) -> None:
+  """Raises a ``ValueError`` unless ``labels`` has shape ``(num_examples,)``.
+
+  Labels shaped ``(n, 1)`` would broadcast against ``(n, classes)`` arrays
+  into ``(n, n, classes)`` ones: a wrong result, not an error.
+  """
+  if jnp.shape(labels) != (num_examples,):
+    raise ValueError(
+      f"`labels` must have shape ({num_examples},), one integer class index per example; "
+      f"got shape {jnp.shape(labels)}. Flatten labels of shape (n, 1) with "
+      "labels.reshape(-1); convert one-hot labels with labels.argmax(-1)."
+    )
+
+
+def check_eps(eps: chex.Numeric, upper: float) -> chex.Array:
+  """Whether the clip or floor ``eps`` is a real scalar in ``[0, upper)``; raises when concrete."""
+  concrete_number("eps", eps)
+  eps = jnp.asarray(eps)
+  return require(
+    (eps >= 0) & (eps < upper),
+    eps,
+    f"`eps` must be in [0, {upper:g}); got {{}}. Keep the default (1e-10).",
+  )
+
+
+def check_class_axis(log_probs: chex.Array, name: str = "log_probs") -> None:
+  """Raises a ``ValueError`` unless ``log_probs`` has a last (class) axis of size >= 1."""
   if jnp.ndim(log_probs) < 1 or jnp.shape(log_probs)[-1] < 1:
     raise ValueError(
-      f"`log_probs` must have a non-empty class axis (last); got shape {jnp.shape(log_probs)}."
+      f"`{name}` must have a non-empty class axis (last); got shape {jnp.shape(log_probs)}."
     )
 
 
@@ -77,19 +104,29 @@ def _normalized_rows(log_probs: chex.Array) -> chex.Array:
   )
 
 
-def _check_predictions(
-  log_probs: chex.Array, labels: chex.Array, *, normalized: bool = True
-) -> chex.Array:
-  """Checks shapes; returns whether every label and row of ``log_probs`` is valid (a scalar)."""
-  _check_class_axis(log_probs)
-  if jnp.shape(log_probs)[:-1] != jnp.shape(labels):
+def check_labels_for(shape: tuple, labels: chex.Array) -> chex.Array:
+  """Checks ``labels`` against predictions of ``shape``; returns their validity like ``labels``.
+
+  Needs only the predictions' shape (e.g. from ``jax.eval_shape``), so that
+  labels are checked before the predictions are computed.
+  """
+  if len(shape) < 1 or shape[-1] < 1:
+    raise ValueError(f"`log_probs` must have a non-empty class axis (last); got shape {shape}.")
+  if tuple(shape[:-1]) != jnp.shape(labels):
     raise ValueError(
       f"`labels` has shape {jnp.shape(labels)} but `log_probs` has shape "
-      f"{jnp.shape(log_probs)}: pass one integer label per row of log probabilities."
+      f"{tuple(shape)}: pass one integer label per row of log probabilities."
     )
   if jnp.size(labels) == 0:
     raise ValueError("`labels` and `log_probs` are empty: a metric needs at least one example.")
-  valid = check_labels(labels, jnp.shape(log_probs)[-1])
+  return check_labels(labels, shape[-1])
+
+
+def check_predictions(
+  log_probs: chex.Array, labels: chex.Array, *, normalized: bool = True
+) -> chex.Array:
+  """Checks shapes; returns whether every label and row of ``log_probs`` is valid (a scalar)."""
+  valid = check_labels_for(jnp.shape(log_probs), labels)
   if normalized:
     rows = _normalized_rows(log_probs)
   else:
@@ -127,7 +164,7 @@ def accuracy(log_probs: chex.Array, labels: chex.Array) -> chex.Array:
   Returns:
     A float32 scalar in [0, 1]; NaN under ``jit`` for an invalid label or a NaN.
   """
-  valid = _check_predictions(log_probs, labels, normalized=False)
+  valid = check_predictions(log_probs, labels, normalized=False)
   return nan_unless(valid, jnp.mean(predicts_label(log_probs, labels), dtype=jnp.float32))
 
 
@@ -151,7 +188,7 @@ def negative_log_likelihood(log_probs: chex.Array, labels: chex.Array) -> chex.A
   Returns:
     A scalar in nats, >= 0; NaN under ``jit`` for invalid input.
   """
-  valid = _check_predictions(log_probs, labels)
+  valid = check_predictions(log_probs, labels)
   return nan_unless(valid, -jnp.mean(label_log_probs(log_probs, labels)))
 
 
@@ -176,7 +213,7 @@ def brier_score(log_probs: chex.Array, labels: chex.Array) -> chex.Array:
   Returns:
     A scalar in [0, 2]; NaN under ``jit`` for invalid input.
   """
-  valid = _check_predictions(log_probs, labels)
+  valid = check_predictions(log_probs, labels)
   probs = jnp.exp(log_probs)
   one_hot = jax.nn.one_hot(labels, jnp.shape(log_probs)[-1], dtype=probs.dtype)
   return nan_unless(valid, jnp.mean(jnp.sum(jnp.square(probs - one_hot), axis=-1)))
@@ -219,7 +256,7 @@ def calibration_bins(
     its ``accuracy`` and ``confidence`` NaN.
   """
   num_bins = check_count("num_bins", num_bins, fix="Use e.g. num_bins=15.")
-  valid = _check_predictions(log_probs, labels)
+  valid = check_predictions(log_probs, labels)
   log_probs = jnp.reshape(log_probs, (-1, jnp.shape(log_probs)[-1]))
   labels = jnp.reshape(labels, (-1,))
   confidence = jnp.exp(jnp.max(log_probs, axis=-1)).astype(jnp.float32)
@@ -285,7 +322,7 @@ def predictive_entropy(log_probs: chex.Array) -> chex.Array:
     The entropies, shape ``log_probs.shape[:-1]``; NaN under ``jit`` for a
     row that is not normalized.
   """
-  _check_class_axis(log_probs)
+  check_class_axis(log_probs)
   valid = _normalized_rows(log_probs)
   terms = -jnp.exp(log_probs) * log_probs
   return nan_unless(valid, jnp.sum(jnp.where(jnp.isneginf(log_probs), 0.0, terms), axis=-1))

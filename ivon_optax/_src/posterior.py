@@ -49,13 +49,34 @@ def find_ivon_state(state: optax.OptState) -> IVONState:
   return found[0]
 
 
+def check_one_posterior(ivon_state: IVONState) -> None:
+  """Raises a ``ValueError`` if ``ivon_state`` is a stack of states (vmapped ensemble members).
+
+  Its scalars would broadcast against the params' trailing axes instead of
+  the members'. Under ``jax.vmap`` each member's state is one state.
+  """
+  if jnp.ndim(ivon_state.count) != 0:
+    raise ValueError(
+      f"`state` holds a stack of IVON states (leading shape {jnp.shape(ivon_state.count)}, "
+      "e.g. ensemble members from jax.vmap(tx.init)), where one is expected. Map over the "
+      "members: jax.vmap(fn)(states, params), e.g. jax.vmap(ivon_optax.posterior_std); "
+      "ivon_optax.ensemble.sample_ensemble_outputs pools the members' samples and "
+      "ivon_optax.diagnostics reports per member."
+    )
+
+
 def aligned_state(state: optax.OptState, params: optax.Params) -> IVONState:
   """The `IVONState` in ``state``, its per-parameter trees lined up with ``params``.
 
   Prefix masks of ``optax.masked``/``optax.partition`` leave one ``MaskedNode``
   for a whole subtree; it is expanded here.
+
+  Raises:
+    ValueError: if ``state`` holds no IVON state, two, or a stack of them, or
+      if its buffers do not line up with ``params``.
   """
   ivon_state = find_ivon_state(state)
+  check_one_posterior(ivon_state)
   hess = _trees.expand_masked(ivon_state.hess, params)
   fix = "Pass the params this optimizer state was created for."
   _trees.check_like_params("params", params, hess, fix, like="the IVON state's buffers")
@@ -143,6 +164,16 @@ def sample_params(
 ) -> tuple[optax.Params, optax.Params]:
   r"""Draws one weight sample $\theta = m + \sigma \odot \epsilon$, $\epsilon \sim N(0, I)$.
 
+  **With** ``optax.MultiSteps``, which averages the gradients of $k$
+  micro-steps and hands IVON the last micro-step's ``noise``, every
+  micro-step of an optimizer step must use the same sample: drawing a new one
+  would pair one sample's noise with the average gradient of $k$ samples and
+  make $h$ about $k$ times too small. So the sample is drawn at the first
+  micro-step only: between micro-steps (the ``MultiSteps`` state's
+  ``mini_step`` > 0) this raises a ``ValueError``, or, traced, gives NaN.
+  Keep the first micro-step's ``sampled`` params and ``noise`` for the rest;
+  for several samples per step use [`ivon_optax.add_sample`][] instead.
+
   Examples:
     >>> import jax, jax.numpy as jnp, ivon_optax
     >>> params = {"w": jnp.zeros(3)}
@@ -165,21 +196,71 @@ def sample_params(
     ``(sampled_params, noise)``, both like ``params`` and in its dtypes, with
     ``sampled_params = params + noise``. Pass ``noise`` to ``tx.update``.
   """
+  return draw(key, state, params, sampler=sampler, valid=_at_first_micro_step(state))
+
+
+def _at_first_micro_step(state: optax.OptState) -> chex.Array | None:
+  """Whether every ``optax.MultiSteps`` around IVON is at its first micro-step; raises if not.
+
+  ``None`` without ``MultiSteps``. A scalar comparison per ``MultiSteps``
+  state: no pass over the params.
+  """
+  mini_steps = [
+    node.mini_step
+    for node in jax.tree.leaves(state, is_leaf=_is_multi_steps)
+    if _is_multi_steps(node)
+  ]
+  if not mini_steps:
+    return None
+  mini_steps = jnp.stack([jnp.asarray(step) for step in mini_steps])
+  return jnp.all(
+    require(
+      mini_steps == 0,
+      mini_steps,
+      "`state` is inside optax.MultiSteps between micro-steps (mini_step {}): a new weight "
+      "sample here pairs one sample's noise with the average gradient of several in IVON's "
+      "update, which makes h too small by the number of micro-steps. Draw the sample once "
+      "per optimizer step, at the first micro-step, and pass the same sampled params and "
+      "`noise` to every micro-step (or use ivon_optax.add_sample for several samples).",
+    )
+  )
+
+
+def _is_multi_steps(node: Any) -> bool:
+  return isinstance(node, optax.MultiStepsState)
+
+
+def draw(
+  key: chex.PRNGKey,
+  state: optax.OptState,
+  params: optax.Params,
+  *,
+  sampler: Sampler = counter_normal,
+  valid: chex.Array | None = None,
+) -> tuple[optax.Params, optax.Params]:
+  r"""[`sample_params`][ivon_optax.sample_params] for prediction: any micro-step will do.
+
+  Between the micro-steps of ``optax.MultiSteps`` the posterior does not
+  change, so predictions may sample there. ``valid`` false makes the noise
+  NaN, through $\lambda$ (a scalar).
+  """
   check_key(key)
   ivon_state = aligned_state(state, params)
+  if valid is not None:
+    ivon_state = ivon_state._replace(ess=nan_unless(valid, ivon_state.ess))
   if sampler is counter_normal:  # one key derivation for all leaves
     normals = counter_normal_tree(key, ivon_state.hess)
   else:
     normals = optax.tree.random_like(key, ivon_state.hess, sampler=sampler)
 
-  def draw(h, delta, eps, param):
+  def noise_of(h, delta, eps, param):
     if _trees.is_masked(h):
       return jnp.zeros_like(param)
     sigma = jax.lax.rsqrt(total_precision(ivon_state, h, delta))
     return (sigma * eps).astype(jnp.result_type(param))
 
   noise = jax.tree.map(
-    draw, ivon_state.hess, ivon_state.prior_precision, normals, params, is_leaf=_trees.is_masked
+    noise_of, ivon_state.hess, ivon_state.prior_precision, normals, params, is_leaf=_trees.is_masked
   )
   sampled = jax.tree.map(jnp.add, params, noise)
   return sampled, noise

@@ -35,7 +35,7 @@ from ivon_optax._src.checks import check_count
 from ivon_optax._src.checks import check_key
 from ivon_optax._src.checks import nan_unless
 from ivon_optax._src.checks import require
-from ivon_optax._src.posterior import sample_params
+from ivon_optax._src.posterior import draw
 
 
 def sample_outputs(
@@ -95,7 +95,7 @@ def sample_outputs(
   keys = jax.random.split(key, num_samples)
 
   def outputs_at(sample_key):
-    sampled, _ = sample_params(sample_key, state, params)
+    sampled, _ = draw(sample_key, state, params)
     return apply_fn(sampled, *inputs)
 
   if batch_size is None or batch_size >= num_samples:
@@ -159,6 +159,7 @@ def predictive_log_probs(logits: chex.Array, axis: int = 0) -> chex.Array:
 
   Returns:
     Normalized log probabilities, ``logits``'s shape without the sample axis.
+    NaN logits raise a ``ValueError``; under ``jit`` they give NaN.
   """
   if jnp.ndim(logits) < 2:
     raise ValueError(
@@ -166,8 +167,23 @@ def predictive_log_probs(logits: chex.Array, axis: int = 0) -> chex.Array:
       "class axis (last), e.g. (num_samples, batch, num_classes)."
     )
   num_samples = _check_sample_axis("logits", logits, axis)
+  if jnp.shape(logits)[-1] == 0:
+    raise ValueError(f"`logits` with shape {jnp.shape(logits)} has an empty class axis (last).")
+  valid = _no_nan_over_samples("logits", logits, axis)
   log_probs = jax.nn.log_softmax(logits, axis=-1)
-  return jax.nn.logsumexp(log_probs, axis=axis) - jnp.log(num_samples).astype(log_probs.dtype)
+  averaged = jax.nn.logsumexp(log_probs, axis=axis) - jnp.log(num_samples).astype(log_probs.dtype)
+  return nan_unless(valid, averaged)
+
+
+def _no_nan_over_samples(name: str, values: chex.Array, axis: int) -> chex.Array:
+  """Whether no sample of each output is NaN (the sample axis reduced); raises if concrete."""
+  values = jnp.asarray(values)
+  return require(
+    ~jnp.any(jnp.isnan(values), axis=axis),
+    jnp.any(jnp.isnan(values), axis=axis),
+    f"`{name}` holds NaN (the model's outputs at some weight samples): an average over "
+    "samples would be NaN. Check the model, or the state the samples were drawn from.",
+  )
 
 
 class PredictiveMoments(NamedTuple):
@@ -218,10 +234,11 @@ def predictive_moments(
 
   Returns:
     A [`PredictiveMoments`][ivon_optax.predict.PredictiveMoments]; each field has ``means``'s shape
-    without the sample axis. Under ``jit``, a negative or NaN ``stds`` entry makes its
-    ``aleatoric`` and ``variance`` NaN.
+    without the sample axis. A NaN in ``means``, or a negative or NaN ``stds`` entry, raises a
+    ``ValueError``; under ``jit`` it makes the fields it reaches NaN.
   """
   num_samples = _check_sample_axis("means", means, axis)
+  means_valid = _no_nan_over_samples("means", means, axis)
   mean = jnp.mean(means, axis=axis)
   deviation = means - jnp.expand_dims(mean, axis)
   epistemic = variance_from_sums(
@@ -240,6 +257,9 @@ def predictive_moments(
     aleatoric = nan_unless(
       jnp.all(valid, axis=axis), jnp.mean(jnp.square(stds), axis=axis).astype(epistemic.dtype)
     )
-  return PredictiveMoments(
-    mean=mean, variance=aleatoric + epistemic, aleatoric=aleatoric, epistemic=epistemic
+  return jax.tree.map(
+    lambda value: nan_unless(means_valid, value),
+    PredictiveMoments(
+      mean=mean, variance=aleatoric + epistemic, aleatoric=aleatoric, epistemic=epistemic
+    ),
   )

@@ -25,7 +25,10 @@ import optax
 from ivon_optax._src import trees as _trees
 from ivon_optax._src.checks import check_count
 from ivon_optax._src.checks import check_key
-from ivon_optax._src.posterior import sample_params
+from ivon_optax._src.metrics import check_class_axis
+from ivon_optax._src.metrics import check_label_shape
+from ivon_optax._src.metrics import check_labels
+from ivon_optax._src.posterior import draw
 from ivon_optax._src.predict import variance_from_sums
 
 ApplyFn = Callable[[Any, Any], chex.Array]
@@ -48,6 +51,25 @@ def num_examples(inputs: Any) -> int:
   if len(sizes) != 1:
     raise ValueError(f"All leaves of `inputs` need the same batch size; got sizes {sorted(sizes)}.")
   return sizes.pop()
+
+
+def check_classifier_labels(apply_fn: "ApplyFn", params: Any, inputs: Any, labels: Any) -> int:
+  """Checks a classifier's labels against its inputs and output shape; returns ``n``.
+
+  Only the shape of the logits is computed (a trace), so that bad labels are
+  refused before the Jacobians, the expensive part.
+  """
+  count = num_examples(inputs)
+  check_label_shape(labels, count)
+  logits = jax.eval_shape(apply_fn, params, inputs)
+  if jnp.shape(logits)[:1] != (count,) or jnp.ndim(logits) != 2:
+    raise ValueError(
+      f"`apply_fn(params, inputs)` must return logits of shape ({count}, classes), one row per "
+      f"example; got {getattr(logits, 'shape', type(logits).__name__)}."
+    )
+  check_class_axis(logits, "logits")
+  check_labels(labels, jnp.shape(logits)[-1])
+  return count
 
 
 def _check_chunk_size(chunk_size: Any) -> int:
@@ -262,7 +284,7 @@ def sampled_prediction_variance(
   mean_outputs = _chunked_outputs(apply_fn, params, inputs, chunk_size)
 
   def add_sample(sums, sample_key):
-    sampled, _ = sample_params(sample_key, state, params)
+    sampled, _ = draw(sample_key, state, params)
     deviation = _chunked_outputs(apply_fn, sampled, inputs, chunk_size) - mean_outputs
     return (sums[0] + deviation, sums[1] + jnp.square(deviation)), None
 

@@ -61,11 +61,16 @@ import jax.numpy as jnp
 import optax
 
 from ivon_optax._src.checks import nan_unless
+from ivon_optax._src.checks import real_array
 from ivon_optax._src.checks import require
+from ivon_optax._src.metrics import check_class_axis
+from ivon_optax._src.metrics import check_eps
+from ivon_optax._src.metrics import check_label_shape
 from ivon_optax._src.metrics import check_labels
 from ivon_optax._src.posterior import posterior_std
 from ivon_optax._src.prediction_variance import ApplyFn
 from ivon_optax._src.prediction_variance import check_batch
+from ivon_optax._src.prediction_variance import check_classifier_labels
 from ivon_optax._src.prediction_variance import num_examples
 from ivon_optax._src.prediction_variance import prediction_variance
 
@@ -78,6 +83,21 @@ class Sensitivity(NamedTuple):
   variance: chex.Array  # (n, k) float: v_i, the prediction variance.
   change: chex.Array  # (n, k) float: v_i * e_i ~ f_i(without i) - f_i.
   score: chex.Array  # (n,) float: s_i, the estimated L1 change of the prediction.
+
+
+def _not_nan(name: str, values: chex.Array) -> chex.Array:
+  values = jnp.asarray(values)
+  return require(~jnp.isnan(values), values, f"`{name}` must not be NaN; found {{}}.")
+
+
+def _variances(variance: chex.Array) -> chex.Array:
+  variance = jnp.asarray(variance)
+  return require(
+    variance >= 0,
+    variance,
+    "`variance` must hold prediction variances >= 0 (no NaN); found {}. Pass "
+    "prediction_variance's, or sampled_prediction_variance's.",
+  )
 
 
 def softmax_sensitivity(
@@ -111,17 +131,23 @@ def softmax_sensitivity(
     eps: clip of the softmax curvature $\lambda$.
 
   Returns:
-    A [`Sensitivity`][ivon_optax.sensitivity.Sensitivity]. Under ``jit``, the rows of an invalid
-    label are NaN (all but ``outputs`` and ``variance``).
+    A [`Sensitivity`][ivon_optax.sensitivity.Sensitivity]. An invalid label, a NaN logit or a
+    negative or NaN variance raises a ``ValueError``; under ``jit`` it makes its row NaN (all
+    fields but ``outputs`` and ``variance``).
   """
   if jnp.ndim(logits) != 2:
     raise ValueError(f"`logits` must have shape (n, classes); got {jnp.shape(logits)}.")
-  check_batch("labels", labels, logits.shape[0])
+  check_class_axis(logits, "logits")
+  check_label_shape(labels, jnp.shape(logits)[0])
   if jnp.shape(variance) != jnp.shape(logits):
     raise ValueError(
       f"`variance` must have the shape of `logits` {jnp.shape(logits)}; got {jnp.shape(variance)}."
     )
-  valid = check_labels(labels, logits.shape[-1])
+  valid = (
+    check_labels(labels, logits.shape[-1])
+    & check_eps(eps, 0.5)
+    & jnp.all(_not_nan("logits", logits) & _variances(variance), axis=-1)
+  )
   probs = jax.nn.softmax(logits, axis=-1)
   one_hot = jax.nn.one_hot(labels, logits.shape[-1], dtype=probs.dtype)
   error = nan_unless(valid[:, None], probs - one_hot)
@@ -165,11 +191,13 @@ def gaussian_sensitivity(
     outputs: ``(n,)`` or ``(n, k)`` predictions $f_i$ at the mean.
     targets: targets of the same shape.
     variance: prediction variances $v_i$ of the same shape.
-    noise_variance: the likelihood's variance $s^2$ (> 0).
+    noise_variance: the likelihood's variance $s^2$ (> 0): a scalar, or an
+      array of the shape of ``outputs`` (heteroscedastic noise).
 
   Returns:
-    A [`Sensitivity`][ivon_optax.sensitivity.Sensitivity] whose ``score`` has shape ``(n,)``. Under
-    ``jit`` a ``noise_variance`` <= 0 makes ``error``, ``change`` and ``score`` NaN.
+    A [`Sensitivity`][ivon_optax.sensitivity.Sensitivity] whose ``score`` has shape ``(n,)``. A
+    ``noise_variance`` <= 0, a NaN output or target, or a negative or NaN variance raises a
+    ``ValueError``; under ``jit`` it makes ``error``, ``change`` and ``score`` NaN.
   """
   if jnp.shape(targets) != jnp.shape(outputs) or jnp.shape(variance) != jnp.shape(outputs):
     raise ValueError(
@@ -178,6 +206,13 @@ def gaussian_sensitivity(
     )
   if jnp.ndim(outputs) not in (1, 2):
     raise ValueError(f"`outputs` must have shape (n,) or (n, k); got {jnp.shape(outputs)}.")
+  noise_variance = real_array("noise_variance", noise_variance)
+  if jnp.ndim(noise_variance) != 0 and jnp.shape(noise_variance) != jnp.shape(outputs):
+    raise ValueError(
+      f"`noise_variance` must be a scalar s^2, or one per output of the shape of `outputs` "
+      f"{jnp.shape(outputs)}; got shape {jnp.shape(noise_variance)}. (Other shapes are "
+      "ambiguous: a (n,) vector against (n, k) outputs would broadcast per output column.)"
+    )
   noise_variance = jnp.asarray(noise_variance)
   valid = require(
     noise_variance > 0,
@@ -185,16 +220,11 @@ def gaussian_sensitivity(
     "`noise_variance` must be > 0, the variance s^2 of the Gaussian likelihood the "
     "model was trained with (loss |y - f|^2 / (2 s^2)); got {}.",
   )
-  error = nan_unless(jnp.all(valid), (outputs - targets) / noise_variance)
+  valid = valid & _not_nan("outputs", outputs) & _not_nan("targets", targets) & _variances(variance)
+  error = nan_unless(valid, (outputs - targets) / noise_variance)
   change = variance * error
   score = jnp.abs(change) if jnp.ndim(change) == 1 else jnp.sum(jnp.abs(change), axis=-1)
   return Sensitivity(outputs, error, variance, change, score)
-
-
-def _outputs_and_variance(apply_fn, state, params, inputs, chunk_size):
-  r"""$f_i$ and $v_i$ at the mean, with $\sigma$ read from the IVON state."""
-  std = posterior_std(state, params)
-  return prediction_variance(apply_fn, params, std, inputs, chunk_size=chunk_size)
 
 
 def classification_sensitivity(
@@ -240,11 +270,10 @@ def classification_sensitivity(
     A [`Sensitivity`][ivon_optax.sensitivity.Sensitivity] for every example; rank examples by
     ``score``.
   """
-  check_batch("labels", labels, num_examples(inputs))
-  # Refuse bad labels before the Jacobians, the expensive part; the shape of
-  # the logits costs a trace only.
-  check_labels(labels, jax.eval_shape(apply_fn, params, inputs).shape[-1])
-  logits, variance = _outputs_and_variance(apply_fn, state, params, inputs, chunk_size)
+  std = posterior_std(state, params)  # first: a state that does not fit raises here
+  check_classifier_labels(apply_fn, params, inputs, labels)
+  check_eps(eps, 0.5)
+  logits, variance = prediction_variance(apply_fn, params, std, inputs, chunk_size=chunk_size)
   return softmax_sensitivity(logits, labels, variance, eps=eps)
 
 
@@ -288,6 +317,7 @@ def regression_sensitivity(
   Returns:
     A [`Sensitivity`][ivon_optax.sensitivity.Sensitivity].
   """
+  std = posterior_std(state, params)
   check_batch("targets", targets, num_examples(inputs))
-  outputs, variance = _outputs_and_variance(apply_fn, state, params, inputs, chunk_size)
+  outputs, variance = prediction_variance(apply_fn, params, std, inputs, chunk_size=chunk_size)
   return gaussian_sensitivity(outputs, targets, variance, noise_variance=noise_variance)

@@ -116,7 +116,15 @@ def scale_by_ivon(
       ``'gradsq'`` (squared gradients).
     debias: divide the momentum by $1 - \beta_1^t$.
     rescale_lr: multiply the step by $h_0 + \delta$, so that the learning
-      rate is comparable to SGD's.
+      rate is comparable to SGD's. The step is then $\alpha (h_0 + \delta)$
+      times a Newton step, and where the data do not pin a weight (its $h$
+      decays towards 0) each step multiplies $m - \mu_0$ by
+      $1 - \alpha (h_0 + \delta)$: [`ivon`][ivon_optax.ivon] refuses a
+      learning rate with $\alpha (h_0 + \max\delta) \ge 2$, where that
+      grows without bound (a ``ValueError``, or a NaN step for a traced or
+      scheduled rate). A prior from
+      [`posterior_as_prior`][ivon_optax.posterior_as_prior] has $\delta$ far
+      above $h_0$: use ``rescale_lr=False`` with it.
     weight_decay_mask: a pytree of bools like the params, or a callable
       returning one; ``False`` leaves get $\delta = 0$ (in the step and in
       $\sigma$), like a parameter group with ``weight_decay=0``.
@@ -352,7 +360,10 @@ def ivon(
   Args:
     learning_rate: $\alpha$, a scalar or an optax schedule. With
       ``rescale_lr`` (default) it is on SGD's scale; the paper uses 0.1 to 2.5
-      for vision models.
+      for vision models. With ``rescale_lr`` it must stay below
+      $2 / (h_0 + \max\delta)$, the limit beyond which the rescaled step
+      diverges (see ``rescale_lr`` of
+      [`scale_by_ivon`][ivon_optax.scale_by_ivon]).
     ess: see [`scale_by_ivon`][ivon_optax.scale_by_ivon].
     hess_init: see [`scale_by_ivon`][ivon_optax.scale_by_ivon].
     beta1: see [`scale_by_ivon`][ivon_optax.scale_by_ivon].
@@ -379,37 +390,51 @@ def ivon(
   """
   if not callable(learning_rate):
     checks.guard("learning_rate", learning_rate)
-  return optax.chain(
-    scale_by_ivon(
-      ess,
-      hess_init=hess_init,
-      beta1=beta1,
-      beta2=beta2,
-      weight_decay=weight_decay,
-      clip_radius=clip_radius,
-      hess_approx=hess_approx,
-      debias=debias,
-      rescale_lr=rescale_lr,
-      weight_decay_mask=weight_decay_mask,
-      state_dtype=state_dtype,
-      axis_name=axis_name,
-      prior=prior,
-    ),
-    _scale_by_learning_rate(learning_rate),
+  direction = scale_by_ivon(
+    ess,
+    hess_init=hess_init,
+    beta1=beta1,
+    beta2=beta2,
+    weight_decay=weight_decay,
+    clip_radius=clip_radius,
+    hess_approx=hess_approx,
+    debias=debias,
+    rescale_lr=rescale_lr,
+    weight_decay_mask=weight_decay_mask,
+    state_dtype=state_dtype,
+    axis_name=axis_name,
+    prior=prior,
   )
+  step_factor = None
+  if rescale_lr:  # the arguments are valid: scale_by_ivon checked them
+    if prior is None and weight_decay is None:
+      weight_decay = DEFAULT_WEIGHT_DECAY
+    step_factor = arguments.largest_step_factor(
+      checks.guard("hess_init", hess_init),
+      None if prior is not None else checks.guard("weight_decay", weight_decay),
+      prior,
+    )
+  return optax.chain(direction, _scale_by_learning_rate(learning_rate, step_factor))
 
 
-def _scale_by_learning_rate(learning_rate) -> optax.GradientTransformation:
+def _scale_by_learning_rate(learning_rate, step_factor=None) -> optax.GradientTransformation:
   """``optax.scale_by_learning_rate`` that saturates at the dtype's range.
 
-  An invalid traced rate gives NaN. Its state is ``optax.scale_by_learning_rate``'s:
-  ``EmptyState`` for a constant, ``ScaleByScheduleState`` for a schedule.
+  An invalid traced rate gives NaN, and so does a rate at or above the
+  stability limit ``2 / step_factor`` of the rescaled step
+  (`arguments.stable_learning_rate`). Its state is
+  ``optax.scale_by_learning_rate``'s: ``EmptyState`` for a constant,
+  ``ScaleByScheduleState`` for a schedule.
   """
+
+  def checked(value):
+    return arguments.stable_learning_rate(checks.guard("learning_rate", value), step_factor)
+
   if callable(learning_rate):
     schedule = learning_rate
-    rate = lambda count: checks.guard("learning_rate", jnp.asarray(schedule(count)))
+    rate = lambda count: checked(jnp.asarray(schedule(count)))
   else:
-    rate = checks.guard("learning_rate", learning_rate)
+    rate = checked(learning_rate)
   inner = optax.scale_by_learning_rate(rate)
 
   def update_fn(updates, state, params=None):
