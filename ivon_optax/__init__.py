@@ -28,6 +28,8 @@ from ivon_optax._src.posterior import posterior_std
 from ivon_optax._src.posterior import sample_params
 from ivon_optax._src.posterior import value_and_grad_at_sample
 from ivon_optax._src.prior import GaussianPrior
+from ivon_optax._src.recipe import init_scale
+from ivon_optax._src.recipe import recipe
 from ivon_optax._src.sample_average import SampleAverage
 from ivon_optax._src.sample_average import add_sample
 from ivon_optax._src.sample_average import average_samples
@@ -46,11 +48,13 @@ __all__ = (
   "diagnostics",
   "find_ivon_state",
   "init_sample_average",
+  "init_scale",
   "ivon",
   "posterior",
   "posterior_as_prior",
   "posterior_precision",
   "posterior_std",
+  "recipe",
   "sample_params",
   "scale_by_ivon",
   "value_and_grad_at_sample",

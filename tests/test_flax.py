@@ -332,3 +332,104 @@ def test_linen_and_nnx_integer_params_are_never_perturbed_or_updated():
   optimizer.update(module, grads, noise=noise)
   np.testing.assert_array_equal(module.counter[...], np.arange(4))
   assert not np.allclose(module.linear.kernel[...], kernel)
+
+
+# --- The gradient at a sample, posterior scaling and BatchNorm statistics, NNX --------------
+
+
+def test_nnx_gradient_helper_is_the_hand_written_step():
+  model, optimizer = _nnx_setup()
+  key = jax.random.key(6)
+  grad_fn = ivon_flax.nnx_value_and_grad_at_sample(lambda m: _nnx_loss(m))
+  loss, grads, noise = grad_fn(key, optimizer, nnx.clone(model))
+  sampled_model, expected_noise = ivon_flax.sample_nnx_model(key, optimizer, nnx.clone(model))
+  expected_loss, expected_grads = nnx.value_and_grad(_nnx_loss)(sampled_model)
+  chex.assert_trees_all_equal(noise, expected_noise)
+  chex.assert_trees_all_equal(grads, expected_grads)
+  assert float(loss) == float(expected_loss)
+
+
+def test_plain_gradient_helper_is_the_hand_written_step():
+  params = {"w": jnp.linspace(-1.0, 1.0, 6).reshape(2, 3)}
+  state = ivon_optax.ivon(0.1, ess=50.0).init(params)
+  loss_fn = lambda p, x: jnp.sum(jnp.sin(x @ p["w"]))
+  x, key = jnp.ones((4, 2)), jax.random.key(7)
+  value, grads, noise = ivon_optax.value_and_grad_at_sample(loss_fn)(key, state, params, x)
+  sampled, expected_noise = ivon_optax.sample_params(key, state, params)
+  expected_value, expected_grads = jax.value_and_grad(loss_fn)(sampled, x)
+  chex.assert_trees_all_equal(
+    (value, grads, noise), (expected_value, expected_grads, expected_noise)
+  )
+
+
+def test_nnx_posterior_scale_is_scale_posterior_on_the_plain_state():
+  model, optimizer = _nnx_setup()
+  eval_model = nnx.view(model, use_running_average=True)
+  key = jax.random.key(8)
+  outputs = ivon_flax.sample_nnx_outputs(
+    key, optimizer, eval_model, INPUTS, num_samples=4, posterior_scale=0.5
+  )
+  params, opt_state = ivon_flax.nnx_params_and_state(optimizer, eval_model)
+  graphdef, _, rest = nnx.split(eval_model, nnx.Param, ...)
+  expected = ivon_optax.predict.sample_outputs(
+    key,
+    lambda p, x: nnx.merge(graphdef, p, rest)(x),
+    ivon_optax.calibration.scale_posterior(opt_state, 0.5),
+    params,
+    INPUTS,
+    num_samples=4,
+  )
+  chex.assert_trees_all_close(outputs, expected, atol=1e-6)
+
+
+def test_nnx_posterior_scale_and_temperature_can_be_fitted():
+  """fit_posterior_scale and fit_temperature on an NNX model's Bayesian average."""
+  model, optimizer = _nnx_setup()
+  for step in range(20):
+    _nnx_train_step(model, optimizer, jax.random.fold_in(jax.random.key(9), step))
+  eval_model = nnx.view(model, use_running_average=True)
+
+  def predict_fn(tau):
+    outputs = ivon_flax.sample_nnx_outputs(
+      jax.random.key(10), optimizer, eval_model, INPUTS, num_samples=8, posterior_scale=tau
+    )
+    return ivon_optax.predict.predictive_log_probs(outputs)
+
+  fit = ivon_optax.calibration.fit_posterior_scale(predict_fn, LABELS, scales=[0.25, 1.0, 4.0])
+  nlls = [
+    ivon_optax.metrics.negative_log_likelihood(predict_fn(t), LABELS) for t in (0.25, 1.0, 4.0)
+  ]
+  np.testing.assert_allclose(fit.nlls, nlls, rtol=1e-5)
+  assert float(fit.scale) == [0.25, 1.0, 4.0][int(np.argmin(nlls))]
+  temperature = ivon_optax.calibration.fit_temperature(predict_fn(fit.scale), LABELS)
+  assert np.isfinite(float(temperature)) and float(temperature) > 0
+
+
+def test_refresh_batch_stats_sets_the_batch_statistics_of_the_sampled_weights():
+  model, optimizer = _nnx_setup()
+  eval_model = nnx.view(model, use_running_average=True)
+  sampled_model, _ = ivon_flax.sample_nnx_model(
+    jax.random.key(11), optimizer, nnx.clone(eval_model)
+  )
+  ivon_flax.refresh_batch_stats(sampled_model, INPUTS)
+  pre_norm = sampled_model.hidden(INPUTS)
+  np.testing.assert_allclose(
+    sampled_model.norm.mean[...], pre_norm.mean(axis=0), rtol=1e-5, atol=1e-6
+  )
+  np.testing.assert_allclose(
+    sampled_model.norm.var[...], pre_norm.var(axis=0), rtol=1e-4, atol=1e-6
+  )
+  assert sampled_model.norm.use_running_average and sampled_model.norm.momentum == 0.5
+  # Through sample_nnx_outputs: each sample predicts with its own statistics.
+  key = jax.random.key(12)
+  outputs = ivon_flax.sample_nnx_outputs(
+    key, optimizer, eval_model, INPUTS, num_samples=2, batch_stats_inputs=INPUTS
+  )
+  graphdef, _, rest = nnx.split(eval_model, nnx.Param, ...)
+  for sample, sample_key in enumerate(jax.random.split(key, 2)):
+    sampled, _ = ivon_flax.sample_nnx_params(sample_key, optimizer, eval_model)
+    one = nnx.merge(graphdef, sampled, nnx.clone(rest))
+    ivon_flax.refresh_batch_stats(one, INPUTS)
+    chex.assert_trees_all_close(outputs[sample], one(INPUTS), atol=1e-5)
+  with pytest.raises(ValueError, match="no nnx.BatchNorm"):
+    ivon_flax.refresh_batch_stats(nnx.Linear(3, 2, rngs=nnx.Rngs(0)), INPUTS)

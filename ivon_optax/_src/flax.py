@@ -291,6 +291,80 @@ def sample_nnx_model(
   return nnx.merge(graphdef, sampled, rest), noise
 
 
+def nnx_value_and_grad_at_sample(
+  fun: Callable[..., Any], *, has_aux: bool = False
+) -> Callable[..., tuple[Any, Any, Any]]:
+  r"""``nnx.value_and_grad(fun)`` taken at a weight sample of an NNX model, with its noise.
+
+  The NNX counterpart of [`ivon_optax.value_and_grad_at_sample`][]: the
+  returned function draws the model at $\theta = m + \sigma\odot\epsilon$
+  ([`sample_nnx_model`][ivon_optax.flax.sample_nnx_model]) and differentiates
+  ``fun`` there with respect to the variables ``optimizer.wrt`` selects, so
+  that a train step cannot take the gradient at the mean by mistake. State
+  updates made by ``fun`` (BatchNorm statistics) land in ``model``.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, optax, flax.nnx as nnx, ivon_optax, ivon_optax.flax
+    >>> model = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
+    >>> optimizer = nnx.Optimizer(model, ivon_optax.ivon(0.1, ess=4.0), wrt=nnx.Param)
+    >>> x, y = jnp.ones((4, 3)), jnp.zeros(4, jnp.int32)
+    >>> loss_fn = lambda model, x, y: optax.softmax_cross_entropy_with_integer_labels(
+    ...     model(x), y).mean()
+    >>> grad_fn = ivon_optax.flax.nnx_value_and_grad_at_sample(loss_fn)
+    >>> @nnx.jit
+    ... def train_step(model, optimizer, key, x, y):
+    ...   loss, grads, noise = grad_fn(key, optimizer, model, x, y)
+    ...   optimizer.update(model, grads, noise=noise)
+    ...   return loss
+    >>> loss = train_step(model, optimizer, jax.random.key(1), x, y)
+    >>> int(optimizer.step[...])
+    1
+
+  Args:
+    fun: ``fun(model, *args, **kwargs)``, a scalar loss (or ``(loss, aux)``
+      with ``has_aux``).
+    has_aux: as in ``nnx.value_and_grad``.
+
+  Returns:
+    ``f(key, optimizer, model, *args, **kwargs) -> (value, grads, noise)``;
+    pass ``grads`` and ``noise=noise`` to ``optimizer.update(model, grads, ...)``.
+  """
+
+  def at_sample(key, optimizer, model, *args, **kwargs):
+    sampled_model, noise = sample_nnx_model(key, optimizer, model)
+    value_and_grad = nnx.value_and_grad(
+      fun, argnums=nnx.DiffState(0, optimizer.wrt), has_aux=has_aux
+    )
+    value, grads = value_and_grad(sampled_model, *args, **kwargs)
+    return value, grads, noise
+
+  return at_sample
+
+
+def refresh_batch_stats(model: nnx.Module, *inputs: Any) -> None:
+  """Sets every ``nnx.BatchNorm`` of ``model`` to the statistics of one batch, in place.
+
+  The model is called once in training mode for its BatchNorm layers (with
+  momentum 0), then left in evaluation mode. Used on each weight sample, it
+  gives the statistics those weights produce, rather than running averages
+  gathered at other weights during training.
+  """
+  iter_modules = getattr(nnx, "iter_modules", None)  # flax >= 0.12; a method before
+  modules = iter_modules(model) if iter_modules else model.iter_modules()
+  norms = [module for _, module in modules if isinstance(module, nnx.BatchNorm)]
+  if not norms:
+    raise ValueError(
+      "`model` has no nnx.BatchNorm layer whose statistics could be refreshed: drop "
+      "`batch_stats_inputs`."
+    )
+  saved = [(norm.momentum, norm.use_running_average) for norm in norms]
+  for norm in norms:
+    norm.momentum, norm.use_running_average = 0.0, False
+  model(*inputs)
+  for norm, (momentum, _) in zip(norms, saved, strict=True):
+    norm.momentum, norm.use_running_average = momentum, True
+
+
 def sample_nnx_outputs(
   key: chex.PRNGKey,
   optimizer: nnx.Optimizer,
@@ -298,8 +372,10 @@ def sample_nnx_outputs(
   *inputs: Any,
   num_samples: int,
   batch_size: int | None = None,
+  posterior_scale: chex.Numeric = 1.0,
+  batch_stats_inputs: Any = None,
 ) -> Any:
-  """An NNX model's outputs at ``num_samples`` weight samples, stacked on a leading axis.
+  r"""An NNX model's outputs at ``num_samples`` weight samples, stacked on a leading axis.
 
   Only the variables ``optimizer.wrt`` selects are sampled. Pass the model in
   evaluation mode (``nnx.view(model, use_running_average=True,
@@ -313,13 +389,35 @@ def sample_nnx_outputs(
     >>> ivon_optax.flax.sample_nnx_outputs(
     ...     jax.random.key(1), optimizer, model, jnp.ones((5, 3)), num_samples=4).shape
     (4, 5, 2)
+
+  Args:
+    key: a JAX PRNG key.
+    optimizer: the model's ``nnx.Optimizer`` with IVON.
+    model: the model (its mean weights).
+    *inputs: positional inputs of the model.
+    num_samples: the number of weight samples.
+    batch_size: how many samples to evaluate at once (``None``: all).
+    posterior_scale: $\tau > 0$: draw from $\mathcal{N}(m, \tau^2\sigma^2)$
+      ([`ivon_optax.calibration.scale_posterior`][]), e.g. the scale
+      [`fit_posterior_scale`][ivon_optax.calibration.fit_posterior_scale] chose.
+    batch_stats_inputs: inputs from the training set (an array, or a tuple
+      of positional inputs). If given,
+      each weight sample's BatchNorm statistics are recomputed on it
+      ([`refresh_batch_stats`][ivon_optax.flax.refresh_batch_stats]) before
+      it predicts: the statistics that belong to those weights.
   """
+  if batch_stats_inputs is not None and not isinstance(batch_stats_inputs, tuple):
+    batch_stats_inputs = (batch_stats_inputs,)
   params, opt_state = nnx_params_and_state(optimizer, model)
+  opt_state = _posterior.scale_posterior(opt_state, posterior_scale)
   graphdef, _, rest = nnx.split(model, optimizer.wrt, ..., graph=optimizer.graph)
   rest = nnx.as_pure(rest)
 
   def apply_fn(sampled, *xs):
-    return nnx.merge(graphdef, sampled, rest)(*xs)
+    sampled_model = nnx.merge(graphdef, sampled, rest)
+    if batch_stats_inputs is not None:
+      refresh_batch_stats(sampled_model, *batch_stats_inputs)
+    return sampled_model(*xs)
 
   return predict.sample_outputs(
     key, apply_fn, opt_state, params, *inputs, num_samples=num_samples, batch_size=batch_size
