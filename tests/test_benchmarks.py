@@ -39,6 +39,7 @@ def _positive_times(stats: dict, steps: int) -> None:
   assert stats["min"] <= stats["median"] <= stats["max"]
 
 
+@pytest.mark.study
 def test_step_time_runs_and_reports_every_field(tmp_path):
   report = _run(
     "step_time.py",
@@ -113,6 +114,7 @@ def test_step_time_runs_and_reports_every_field(tmp_path):
   assert f"| mlp | jax | ivon | 2 | {median:.3f} [{median:.3f}, {median:.3f}]" in summary
 
 
+@pytest.mark.study
 def test_optimizer_step_runs_and_reports_bandwidth(tmp_path):
   report = _run(
     "optimizer_step.py",

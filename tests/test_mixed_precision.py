@@ -144,7 +144,6 @@ def train_digits(dtype, num_steps=150, batch_size=64, seed=0):
   return train_loss, accuracy, params, previous, state
 
 
-@pytest.mark.slow
 def test_bf16_training_reaches_the_float32_loss():
   f32_loss, f32_accuracy, _, _, _ = train_digits(jnp.float32)
   bf16_loss, bf16_accuracy, params, previous, state = train_digits(jnp.bfloat16)

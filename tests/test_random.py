@@ -320,7 +320,6 @@ def mesh_draws(tmp_path_factory):
   return dict(np.load(out))
 
 
-@pytest.mark.slow
 def test_draws_on_a_mesh(mesh_draws):
   """Both generators on 8 devices, sharded as columns, blocks or FSDP params under explicit
   axes: the same numbers as on one device, each device hashing only its shard; the 8 shards of a

@@ -12,9 +12,12 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.study
 def test_ivon_recipe_trains_at_twice_its_learning_rate(tmp_path):
   command = [
     sys.executable,

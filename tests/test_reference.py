@@ -146,7 +146,13 @@ def run_ivon_optax(params, batches, normals, options, learning_rate, form):
   tx = ivon_optax.ivon(learning_rate, ESS, **options)
   params = jax.tree.map(jnp.asarray, params)
   state = tx.init(params)
-  grad_fn = jax.grad(lambda p, x, y: mlp_loss(p, x, y, jnp))
+  # Compiled, as a train step is; eagerly each operation would compile on its own.
+  grad_fn = jax.jit(jax.grad(lambda p, x, y: mlp_loss(p, x, y, jnp)))
+  # With a schedule, the compiled step's float64 round-off differs from the eager one's by
+  # ~2e-9 relative, above TOLERANCE; that case runs eagerly, as the reference does.
+  update = tx.update if callable(learning_rate) else jax.jit(tx.update)
+  average_samples = jax.jit(ivon_optax.average_samples, static_argnums=2)
+  add_sample = jax.jit(ivon_optax.add_sample)
   hess_approx = options.get("hess_approx", "price")
   inputs, labels = batches
   key = jax.random.key(0)  # unused by the queued sampler
@@ -157,16 +163,16 @@ def run_ivon_optax(params, batches, normals, options, learning_rate, form):
       samples.append((grad_fn(sampled, inputs[step], labels[step]), noise))
     if form == "single":
       ((grads, noise),) = samples
-      updates, state = tx.update(grads, state, params, noise=noise)
+      updates, state = update(grads, state, params, noise=noise)
     elif form == "parallel":
       stacked_grads, stacked_noise = jax.tree.map(lambda *xs: jnp.stack(xs), *samples)
-      average = ivon_optax.average_samples(stacked_grads, stacked_noise, hess_approx)
-      updates, state = tx.update(average.grads, state, params, samples=average)
+      average = average_samples(stacked_grads, stacked_noise, hess_approx)
+      updates, state = update(average.grads, state, params, samples=average)
     else:
       average = ivon_optax.init_sample_average(params, hess_approx)
       for grads, noise in samples:
-        average = ivon_optax.add_sample(average, grads, noise)
-      updates, state = tx.update(average.grads, state, params, samples=average)
+        average = add_sample(average, grads, noise)
+      updates, state = update(average.grads, state, params, samples=average)
     params = optax.apply_updates(params, updates)
   return params, state
 

@@ -31,6 +31,7 @@ References:
   mixer), 2018.
 """
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -295,8 +296,12 @@ def _explicit_sharding(out_sharding: Any) -> jax.sharding.NamedSharding | None:
   return out_sharding
 
 
+@functools.partial(jax.jit, static_argnames=("shape", "dtype"))
 def normal_from_seeds(seeds: chex.Array, shape: tuple[int, ...], dtype: Any) -> chex.Array:
-  """[`counter_normal`][ivon_optax.random.counter_normal]'s draws from its four ``uint32`` seeds."""
+  """[`counter_normal`][ivon_optax.random.counter_normal]'s draws from its four ``uint32`` seeds.
+
+  Compiled once per shape and dtype, so that an eager draw is one program.
+  """
   if dtype == jnp.float64:
     # 52 bits, so that k + 1/2 is exact in float64.
     high = (counter_bits(seeds[:2], shape) >> 6).astype(jnp.float64)

@@ -7,6 +7,7 @@ from it. Leaves IVON does not manage (masked out, with full or prefix masks,
 or integer and boolean leaves) get zero noise and zero precision.
 """
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -248,6 +249,15 @@ def draw(
   ivon_state = aligned_state(state, params)
   if valid is not None:
     ivon_state = ivon_state._replace(ess=nan_unless(valid, ivon_state.ess))
+  if sampler is counter_normal:
+    return _sample_counter_normal(key, ivon_state, params)
+  return _sample(key, ivon_state, params, sampler)
+
+
+def _sample(
+  key: chex.PRNGKey, ivon_state: IVONState, params: optax.Params, sampler: Sampler
+) -> tuple[optax.Params, optax.Params]:
+  r"""$(m + \sigma \odot \epsilon,\ \sigma \odot \epsilon)$ from a checked, aligned state."""
   if sampler is counter_normal:  # one key derivation for all leaves
     normals = counter_normal_tree(key, ivon_state.hess)
   else:
@@ -264,6 +274,12 @@ def draw(
   )
   sampled = jax.tree.map(jnp.add, params, noise)
   return sampled, noise
+
+
+# The default sampler's draw as one compiled program, so that an eager call (or a
+# ``vmap`` of one) does not compile each operation of the generator on its own;
+# inside ``jit`` it is inlined. A sampler of the caller's runs as written.
+_sample_counter_normal = jax.jit(functools.partial(_sample, sampler=counter_normal))
 
 
 def value_and_grad_at_sample(
