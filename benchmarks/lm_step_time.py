@@ -134,8 +134,8 @@ def step_runner(name: str, args) -> measure.Timed:
 def parse_args(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--context", type=int, default=64)
-  parser.add_argument("--width", type=int, default=128)
-  parser.add_argument("--depth", type=int, default=4)
+  parser.add_argument("--width", type=int, default=64)
+  parser.add_argument("--depth", type=int, default=2)
   parser.add_argument("--heads", type=int, default=4)
   parser.add_argument("--batch-size", type=int, default=16)
   parser.add_argument("--steps", type=int, default=30, help="timed steps per optimizer")
