@@ -12,10 +12,14 @@ with the same schedule and the same mask (``weight_decay_mask=``), its posterior
 gradient at a weight sample (``ivon_optax.flax.nnx_value_and_grad_at_sample``).
 
     python examples/language_model.py sweep --optimizer adamw --learning-rates 1e-3 3e-3 1e-2 3e-2
-    python examples/language_model.py sweep --optimizer ivon --learning-rates 1000 3000 \\
+    python examples/language_model.py sweep --optimizer ivon --learning-rates 1000 3000 10000 \\
         --tempers 16 64
-    python examples/language_model.py test --adamw-lr 3e-3 --ivon-lr 3000 --temper 16 \\
-        --seeds 0 1 2
+    python examples/language_model.py test --adamw-lr 3e-3 --ivon-lr 10000 --temper 16 \\
+        --seeds 0 1 2 3 4
+
+The model has 120,576 parameters by default (width 64, 2 blocks, context 64), small enough for a
+CPU; ``--width``, ``--depth``, ``--heads`` and ``--context`` make it larger. docs/language-model.md
+has the results.
 
 ``sweep`` trains one seed per configuration and scores it on the validation part; ``test``
 trains the chosen configurations on several seeds and reports, on the test part, NLL per byte,
