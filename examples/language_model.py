@@ -408,6 +408,7 @@ def load_data() -> dict[str, np.ndarray]:
 
 
 def finite_or_inf(value: float) -> float:
+  """``value``, or infinity for a diverged run's NaN, so that it is never selected."""
   return value if np.isfinite(value) else float("inf")
 
 
@@ -458,6 +459,7 @@ def run_sweep(args, config: ModelConfig, data) -> None:
 
 
 def mean_std(values: list[float]) -> str:
+  """``mean ± std`` (sample std over seeds) with three decimals."""
   return f"{np.mean(values):.3f} ± {np.std(values, ddof=1) if len(values) > 1 else 0.0:.3f}"
 
 
