@@ -164,3 +164,17 @@ def test_step_time_rejects_bad_arguments(args, message):
     env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "JAX_PLATFORMS": "cpu"},
   )
   assert result.returncode == 2 and message in result.stderr
+
+
+def test_lm_step_time_reports_both_optimizers_and_their_ratio(tmp_path):
+  from benchmarks import lm_step_time
+
+  args = ["--width", "16", "--depth", "1", "--heads", "2", "--context", "8", "--batch-size", "2"]
+  output = tmp_path / "lm.json"
+  report = lm_step_time.main([*args, "--steps", "3", "--warmup", "1", "--json", str(output)])
+  assert json.loads(output.read_text())["parameters"] == report["parameters"] == 7536
+  for name in ("adamw", "ivon"):
+    _positive_times(report["ms"][name], 3)
+  assert (
+    report["ivon_over_adamw"] == report["ms"]["ivon"]["median"] / report["ms"]["adamw"]["median"]
+  )
