@@ -166,6 +166,7 @@ def test_step_time_rejects_bad_arguments(args, message):
   assert result.returncode == 2 and message in result.stderr
 
 
+@pytest.mark.study
 def test_lm_step_time_reports_both_optimizers_and_their_ratio(tmp_path):
   from benchmarks import lm_step_time
 
