@@ -251,12 +251,7 @@ def main(argv=None):
   plot(results, os.path.join(args.out, "finetune_prior.png"))
   print()
   for name, result in results.items():
-    facts = result["ivon_diagnostics"]
-    print(
-      f"IVON diagnostics, {name}: hess_data_share "
-      f"{_cell(facts['hess_data_share'])}, learned in {sum(facts['learned'])}/"
-      f"{len(facts['learned'])}, prior_dominant {_cell(facts['prior_dominant'])}"
-    )
+    print(models.describe_facts(result["ivon_diagnostics"], f"IVON, {name},"))
   return summary
 
 

@@ -264,14 +264,8 @@ def main(argv=None):
       decays,
       args.weight_decays,
     )
-    share, dominant = (
-      [row[key] for row in finals] for key in ("hess_data_share", "prior_dominant")
-    )
-    print(
-      f"\nIVON diagnostics, last epoch of the epoch run: hess_data_share {mean_std(share)}, "
-      f"learned in {sum(row['learned'] > 0 for row in finals)}/{len(finals)}, "
-      f"prior_dominant {mean_std(dominant)}"
-    )
+    facts = {key: [row[key] for row in finals] for key in models.KEY_FACTS}
+    print("\n" + models.describe_facts(facts, "IVON, last epoch of the epoch run,"))
     results[name] = {"epoch": epochs, "weight_decay": decays, "ivon_diagnostics": finals}
   if args.json:
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)

@@ -458,6 +458,16 @@ def predictive_scores(key, apply, params, opt_state, inputs, labels, *, num_samp
 KEY_FACTS = ("hess_data_share", "learned", "prior_dominant")
 
 
+def describe_facts(facts: dict, name: str = "IVON") -> str:
+  """One line of diagnostics' key facts ``{fact: [value per run]}``: mean ± std over runs."""
+  share, learned, dominant = (np.ravel(np.asarray(facts[key], np.float64)) for key in KEY_FACTS)
+  return (
+    f"{name} diagnostics ({share.size} run(s)): hess_data_share {share.mean():.3f} ± "
+    f"{share.std():.3f}, learned in {int(learned.sum())}/{learned.size}, prior_dominant "
+    f"{dominant.mean():.3f} ± {dominant.std():.3f}"
+  )
+
+
 def report_diagnostics(opt_state, params, name: str = "IVON") -> dict:
   """Prints and returns ``ivon_optax.diagnostics``' key facts, one value per run.
 
@@ -476,12 +486,7 @@ def report_diagnostics(opt_state, params, name: str = "IVON") -> dict:
   """
   logs = ivon_optax.diagnostics(opt_state, params)
   facts = {key: np.atleast_1d(np.asarray(logs[key])).tolist() for key in KEY_FACTS}
-  share, dominant = facts["hess_data_share"], facts["prior_dominant"]
-  print(
-    f"{name} diagnostics ({len(share)} run(s)): hess_data_share {np.mean(share):.3f} ± "
-    f"{np.std(share):.3f}, learned in {sum(facts['learned'])}/{len(share)}, prior_dominant "
-    f"{np.mean(dominant):.3f} ± {np.std(dominant):.3f}"
-  )
+  print(describe_facts(facts, name))
   return facts
 
 
