@@ -124,15 +124,8 @@ def scores(log_probs: jax.Array, labels) -> dict:
 
 def ood_aurocs(log_probs: dict) -> dict:
   """AUROC of the predictive entropy, test inputs vs each other set: ``{set: [per seed]}``."""
-  entropy = {name: ivon_optax.metrics.predictive_entropy(lp) for name, lp in log_probs.items()}
-  return {
-    name: [
-      float(ivon_optax.metrics.ood_auroc(i, o))
-      for i, o in zip(entropy["test"], entropy[name], strict=True)
-    ]
-    for name in log_probs
-    if name not in ("test", "val")
-  }
+  others = [name for name in log_probs if name not in ("test", "val")]
+  return models.entropy_aurocs(log_probs, "test", others)
 
 
 def calibrate(log_probs: dict, val_labels) -> tuple[dict, list]:

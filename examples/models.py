@@ -453,6 +453,28 @@ def predictive_scores(key, apply, params, opt_state, inputs, labels, *, num_samp
   )
 
 
+def entropy_aurocs(log_probs: dict, reference: str, others=None) -> dict:
+  """AUROC of the predictive entropy, ``reference`` inputs against each of ``others``, per run.
+
+  Args:
+    log_probs: ``{input set: log probabilities (runs, n, classes)}``.
+    reference: the in-distribution set.
+    others: the sets to score against it (default: all but ``reference``).
+
+  Returns:
+    ``{other set: [AUROC per run]}``; 1 when every other input is less sure.
+  """
+  others = [name for name in log_probs if name != reference] if others is None else others
+  entropy = {name: ivon_optax.metrics.predictive_entropy(lp) for name, lp in log_probs.items()}
+  return {
+    name: [
+      float(ivon_optax.metrics.ood_auroc(i, o))
+      for i, o in zip(entropy[reference], entropy[name], strict=True)
+    ]
+    for name in others
+  }
+
+
 # --- Whether the data set IVON's posterior -------------------------------------------------
 
 KEY_FACTS = ("hess_data_share", "learned", "prior_dominant")

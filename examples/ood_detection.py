@@ -20,8 +20,6 @@ import jax
 import models
 import numpy as np
 
-import ivon_optax
-
 
 def out_of_distribution_sets(inputs: np.ndarray, seed: int = 0) -> dict:
   """Inputs unlike the digits, as many as ``inputs``."""
@@ -69,19 +67,6 @@ def predictions(dataset: data.Dataset, inputs: dict, *, hidden, seeds, epochs, s
   return log_probs, ivon_runs
 
 
-def entropy_aurocs(by_set: dict) -> dict:
-  """AUROC of the predictive entropy, ``by_set['digits']`` against each other set, per run."""
-  entropy = {s: ivon_optax.metrics.predictive_entropy(lp) for s, lp in by_set.items()}
-  return {
-    s: [
-      float(ivon_optax.metrics.ood_auroc(i, o))
-      for i, o in zip(entropy["digits"], entropy[s], strict=True)
-    ]
-    for s in by_set
-    if s != "digits"
-  }
-
-
 def main(argv=None) -> dict:
   args = parse_args(argv)
   dataset = data.digits()
@@ -100,7 +85,7 @@ def main(argv=None) -> dict:
     f"AUROC of the predictive entropy, test digits vs. other inputs ({len(args.seeds)} seeds):\n"
   )
   print("| method | uniform noise | shuffled pixels |\n|---|---|---|")
-  aurocs = {method: entropy_aurocs(by_set) for method, by_set in log_probs.items()}
+  aurocs = {method: models.entropy_aurocs(lp, "digits") for method, lp in log_probs.items()}
   for method, by_set in aurocs.items():
     cells = [f"{np.mean(v):.3f} ± {np.std(v):.3f}" for v in by_set.values()]
     print(f"| {method} | " + " | ".join(cells) + " |")

@@ -148,7 +148,7 @@ def test_regression_band_widens_in_the_gap_and_outside():
 def test_entropy_aurocs_separate_sure_from_unsure_predictions():
   sure = jnp.log(jnp.full((1, 20, 10), 1e-6).at[:, :, 0].set(1.0 - 9e-6))
   unsure = jnp.log(jnp.full((1, 20, 10), 0.1))
-  aurocs = ood_detection.entropy_aurocs({"digits": sure, "noise": unsure, "same": sure})
+  aurocs = models.entropy_aurocs({"digits": sure, "noise": unsure, "same": sure}, "digits")
   assert aurocs == {"noise": [1.0], "same": [0.5]}
 
 
@@ -160,7 +160,7 @@ def test_ood_detection_ivon_is_less_sure_on_noise_than_on_digits():
     dataset, inputs, hidden=(32,), seeds=[0], epochs=10, samples=4, progress=False
   )
   assert set(log_probs) == {"SGD", "AdamW", "IVON (mean)", "IVON (Bayes, 4)"}
-  aurocs = {method: ood_detection.entropy_aurocs(by_set) for method, by_set in log_probs.items()}
+  aurocs = {method: models.entropy_aurocs(lp, "digits") for method, lp in log_probs.items()}
   assert all(v > 0.6 for values in aurocs["IVON (Bayes, 4)"].values() for v in values), aurocs
   # Trained, every method is far better than chance on the digits themselves.
   for method, by_set in log_probs.items():
