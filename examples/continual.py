@@ -100,21 +100,11 @@ class Config(NamedTuple):
 
 
 def make_optimizer(method, learning_rate, config, num_train, steps, prior=None):
-  schedule = optax.cosine_decay_schedule(learning_rate, steps)
   if method == "adamw-finetune":
+    schedule = optax.cosine_decay_schedule(learning_rate, steps)
     return optax.adamw(schedule, weight_decay=config.adamw_weight_decay)
-  decay = {} if prior is not None else {"weight_decay": config.weight_decay}
-  # Newton-scaled steps: rescale_lr would multiply each weight's step by h0 + delta,
-  # and a posterior handed over as prior has a delta far above h0.
-  return ivon_optax.ivon(
-    schedule,
-    ess=float(num_train),
-    hess_init=config.hess_init,
-    beta2=config.beta2,
-    rescale_lr=False,
-    prior=prior,
-    **decay,
-  )
+  decay = {"prior": prior} if prior is not None else {"weight_decay": config.weight_decay}
+  return models.newton_ivon(learning_rate, steps, ess=num_train, config=config, **decay)
 
 
 @functools.partial(jax.jit, static_argnames=("method", "config"))

@@ -31,7 +31,6 @@ import jax.numpy as jnp
 import matplotlib
 import models
 import numpy as np
-import optax
 
 import ivon_optax
 
@@ -75,17 +74,7 @@ class Config(NamedTuple):
 
 
 def ivon_optimizer(config, ess, steps, **prior_or_decay):
-  schedule = optax.cosine_decay_schedule(config.learning_rate, steps)
-  # Newton-scaled steps: rescale_lr would multiply each weight's step by h0 + delta,
-  # and the pretraining posterior as prior has a delta far above h0.
-  return ivon_optax.ivon(
-    schedule,
-    ess=float(ess),
-    hess_init=config.hess_init,
-    beta2=config.beta2,
-    rescale_lr=False,
-    **prior_or_decay,
-  )
+  return models.newton_ivon(config.learning_rate, steps, ess=ess, config=config, **prior_or_decay)
 
 
 def train(key, tx, params, split, *, steps, batch_size):

@@ -194,6 +194,24 @@ def fit(key, tx, params, loss_fn, inputs, targets, *, steps, batch_size, opt_sta
   return jax.lax.scan(step, carry, jax.random.split(key, steps))[0]
 
 
+def newton_ivon(peak_lr, steps, *, ess, config, **prior_or_decay):
+  """IVON with Newton-scaled steps (``rescale_lr=False``) and a cosine decay from ``peak_lr``.
+
+  ``rescale_lr`` would multiply each weight's step by ``h0 + delta``, and a
+  posterior handed over as the prior has a ``delta`` far above ``h0``.
+  ``config`` has ``hess_init`` and ``beta2``; ``prior_or_decay`` is
+  ``prior=...`` or ``weight_decay=...``.
+  """
+  return ivon_optax.ivon(
+    optax.cosine_decay_schedule(peak_lr, steps),
+    ess=float(ess),
+    hess_init=config.hess_init,
+    beta2=config.beta2,
+    rescale_lr=False,
+    **prior_or_decay,
+  )
+
+
 @dataclasses.dataclass(frozen=True)
 class _Plan:
   """What the compiled epoch depends on beyond the arrays (hashable, hence static)."""
