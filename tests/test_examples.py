@@ -207,8 +207,10 @@ def test_loo_validation_learns_h_only_with_a_short_memory(tmp_path):
 
 
 def test_merged_models_know_both_tasks():
+  # Base and tasks of one size and length: their IVON runs share one compiled epoch.
   args = merging.parse_args(
-    ["--base-epochs", "30", "--task-epochs", "10", "--scales", "1.0", "--task-size", "150"]
+    [*("--base-size", "150", "--task-size", "150", "--base-epochs", "20", "--task-epochs", "20")]
+    + ["--scales", "1.0"]
   )
   scores = merging.merge_seed(args, 0)
   facts = scores.pop("_diagnostics")
