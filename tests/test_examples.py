@@ -12,11 +12,15 @@ import os
 import pathlib
 import sys
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from helpers import load_json
 from helpers import run_example
+
+import ivon_optax
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
@@ -108,6 +112,31 @@ def test_sweep_applies_the_stability_rule(tmp_path):
   assert len(rows) > 12 and any(row["config"]["batch_size"] == 32 for row in rows)
   assert result["chosen"]["sgd"] in [row["config"] for row in rows]
   assert "**(chosen)**" in (tmp_path / "sweep_digits.md").read_text()
+
+
+# --- The shared training step --------------------------------------------------------
+
+
+def test_train_step_takes_ivons_gradient_at_the_sample_and_others_at_the_weights():
+  params = {"w": jnp.array([0.5, -1.0, 2.0])}
+  loss_fn = lambda p, x: jnp.sum((p["w"] * x) ** 2)
+  x, key = jnp.array([1.0, 2.0, 3.0]), jax.random.key(3)
+  tx = ivon_optax.ivon(0.1, ess=50.0, hess_init=0.2)
+  state = tx.init(params)
+  new_params, _, loss = jax.jit(models.train_step(tx, loss_fn))(key, params, state, x)
+
+  @jax.jit
+  def by_hand(key, params, state, x):
+    sampled, noise = ivon_optax.sample_params(key, state, params)
+    updates, _ = tx.update(jax.grad(loss_fn)(sampled, x), state, params, noise=noise)
+    return sampled, updates
+
+  sampled, updates = by_hand(key, params, state, x)
+  np.testing.assert_allclose(new_params["w"], params["w"] + updates["w"], rtol=1e-6)
+  np.testing.assert_allclose(loss, loss_fn(sampled, x), rtol=1e-6)
+  sgd = optax.sgd(0.1)
+  new_params, _, loss = jax.jit(models.train_step(sgd, loss_fn))(key, params, sgd.init(params), x)
+  np.testing.assert_allclose(new_params["w"], params["w"] * (1 - 0.2 * x**2), rtol=1e-6)
 
 
 # --- 1-D regression ---------------------------------------------------------------
