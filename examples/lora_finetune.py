@@ -248,7 +248,7 @@ def finetune(args, name, grid, target, checkpoint):
 
   # Restored once; each run's model gets its own adapters' initialization.
   base = nnx.state(restore_into(make_model(args, args.rank, jax.random.key(0)), checkpoint))
-  base = base.filter(nnx.Not(nnx.LoRAParam))
+  base = nnx.filter_state(base, nnx.Not(nnx.LoRAParam))
 
   def init(values, seed):
     model = make_model(args, args.rank, jax.random.key(seed))
