@@ -21,8 +21,6 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from examples import models as examples_models
-
 MODELS = ("mlp", "resnet20", "gpt2s")
 
 
@@ -51,8 +49,20 @@ class Workload:
 
 # --- MLP --------------------------------------------------------------------------------
 
-# The examples' ReLU MLP ``in -> hidden... -> classes``.
-MLP = examples_models.MLP
+
+class MLP(nn.Module):
+  """A ReLU MLP ``in -> hidden... -> num_outputs``, as in :mod:`benchmarks.torch_models`."""
+
+  hidden: tuple[int, ...]
+  num_outputs: int = 10
+
+  @nn.compact
+  def __call__(self, x):
+    widths = (*self.hidden, self.num_outputs)
+    for layer, width in enumerate(widths):
+      x = nn.Dense(width)(x)
+      x = nn.relu(x) if layer < len(self.hidden) else x
+    return x
 
 
 # --- ResNet-20 ----------------------------------------------------------------------------

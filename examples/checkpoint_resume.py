@@ -123,18 +123,15 @@ def initial_state(model, tx, mesh, seed: int):
 
 
 def make_train_step(model, tx, base_key):
-
-  def loss_fn(params, inputs, labels):
-    logits = model.apply({"params": params}, inputs)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+  """Step ``t`` takes the gradient at the weight sample of ``fold_in(base_key, t)``."""
+  loss_fn = lambda params, x, y: models.cross_entropy(model.apply({"params": params}, x), y)
+  step_fn = models.train_step(tx, loss_fn)
 
   @jax.jit
   def train_step(params, opt_state, step, inputs, labels):
     key = jax.random.fold_in(base_key, step)
-    sampled, noise = ivon_optax.sample_params(key, opt_state, params)
-    loss, grads = jax.value_and_grad(loss_fn)(sampled, inputs, labels)
-    updates, opt_state = tx.update(grads, opt_state, params, noise=noise)
-    return optax.apply_updates(params, updates), opt_state, step + 1, loss
+    params, opt_state, loss = step_fn(key, params, opt_state, inputs, labels)
+    return params, opt_state, step + 1, loss
 
   return train_step
 
@@ -191,6 +188,7 @@ def train(args) -> dict:
     f"test accuracy at the mean {accuracy:.3f}, "
     f"{time.perf_counter() - start:.1f}s for {len(losses)} steps"
   )
+  models.report_diagnostics(*jax.device_get((state["opt_state"], state["params"])))
   return state
 
 

@@ -26,6 +26,7 @@ import os
 import time
 from typing import NamedTuple
 
+import data
 import jax
 import jax.numpy as jnp
 import matplotlib
@@ -54,22 +55,14 @@ class Task(NamedTuple):
   y_test: np.ndarray
 
 
-def load_mnist1d(num_samples: int = 5000, seed: int = 42):
-  """MNIST-1D from ``mnist1d.data.make_dataset`` (never downloads): train and test arrays."""
-  from mnist1d.data import get_dataset_args
-  from mnist1d.data import make_dataset
+def permuted_tasks(
+  num_tasks: int, val_fraction: float = 0.1, seed: int = 0, num_samples: int | None = None
+) -> list[Task]:
+  """``num_tasks`` permuted versions of MNIST-1D; task 1 is unpermuted.
 
-  args = get_dataset_args()
-  args.num_samples, args.seed = num_samples, seed
-  data = make_dataset(args)
-  x_train, x_test = (data[k].astype(np.float32) for k in ("x", "x_test"))
-  y_train, y_test = (data[k].astype(np.int32) for k in ("y", "y_test"))
-  return x_train, y_train, x_test, y_test
-
-
-def permuted_tasks(num_tasks: int, val_fraction: float = 0.1, seed: int = 0) -> list[Task]:
-  """``num_tasks`` permuted versions of MNIST-1D; task 1 is unpermuted."""
-  x_train, y_train, x_test, y_test = load_mnist1d()
+  ``num_samples``: MNIST-1D's size, 4/5 of it the training pool (``None``: the standard 5000).
+  """
+  (x_train, y_train), (x_test, y_test) = data.mnist1d_arrays(num_samples)
   rng = np.random.default_rng(seed)
   num_val = round(val_fraction * len(y_train))
   order = rng.permutation(len(y_train))
@@ -107,54 +100,11 @@ class Config(NamedTuple):
 
 
 def make_optimizer(method, learning_rate, config, num_train, steps, prior=None):
-  schedule = optax.cosine_decay_schedule(learning_rate, steps)
   if method == "adamw-finetune":
+    schedule = optax.cosine_decay_schedule(learning_rate, steps)
     return optax.adamw(schedule, weight_decay=config.adamw_weight_decay)
-  decay = {} if prior is not None else {"weight_decay": config.weight_decay}
-  # Newton-scaled steps: rescale_lr would multiply each weight's step by h0 + delta,
-  # and a posterior handed over as prior has a delta far above h0.
-  return ivon_optax.ivon(
-    schedule,
-    ess=float(num_train),
-    hess_init=config.hess_init,
-    beta2=config.beta2,
-    rescale_lr=False,
-    prior=prior,
-    **decay,
-  )
-
-
-def train_task(key, tx, params, inputs, labels, *, steps, batch_size, is_ivon):
-  """``steps`` minibatch steps of ``tx`` from ``params``; returns ``(params, opt_state)``."""
-
-  def step(carry, step_key):
-    params, opt_state = carry
-    batch_key, sample_key = jax.random.split(step_key)
-    batch = jax.random.choice(batch_key, labels.shape[0], (batch_size,), replace=False)
-    if is_ivon:
-      sampled, noise = ivon_optax.sample_params(sample_key, opt_state, params)
-      grads = jax.grad(models.mean_nll)(sampled, inputs[batch], labels[batch])
-      updates, opt_state = tx.update(grads, opt_state, params, noise=noise)
-    else:
-      grads = jax.grad(models.mean_nll)(params, inputs[batch], labels[batch])
-      updates, opt_state = tx.update(grads, opt_state, params)
-    return (optax.apply_updates(params, updates), opt_state), None
-
-  carry = (params, tx.init(params))
-  return jax.lax.scan(step, carry, jax.random.split(key, steps))[0]
-
-
-def evaluate(key, params, opt_state, inputs, labels, *, num_samples, is_ivon):
-  """Accuracy and mean NLL; IVON's from its posterior predictive."""
-  if is_ivon:
-    logits = ivon_optax.predict.sample_outputs(
-      key, models.mlp_apply, opt_state, params, inputs, num_samples=num_samples
-    )
-    log_probs = ivon_optax.predict.predictive_log_probs(logits)
-  else:
-    log_probs = jax.nn.log_softmax(models.mlp_apply(params, inputs))
-  nll = -jnp.take_along_axis(log_probs, labels[:, None], axis=1).mean()
-  return jnp.mean(jnp.argmax(log_probs, -1) == labels), nll
+  decay = {"prior": prior} if prior is not None else {"weight_decay": config.weight_decay}
+  return models.newton_ivon(learning_rate, steps, ess=num_train, config=config, **decay)
 
 
 @functools.partial(jax.jit, static_argnames=("method", "config"))
@@ -169,35 +119,30 @@ def train_seeds(keys, params, prior, inputs, labels, learning_rate, *, method, c
 
   def one_seed(key, params, prior):
     tx = make_optimizer(method, learning_rate, config, num_train, steps, prior)
-    return train_task(
-      key,
-      tx,
-      params,
-      inputs,
-      labels,
-      steps=steps,
-      batch_size=config.batch_size,
-      is_ivon=method != "adamw-finetune",
+    return models.fit(
+      key, tx, params, models.mean_nll, inputs, labels, steps=steps, batch_size=config.batch_size
     )
 
   return jax.vmap(one_seed)(keys, params, prior)
 
 
-@functools.partial(jax.jit, static_argnames=("num_samples", "is_ivon"))
-def evaluate_seeds(keys, params, opt_state, inputs, labels, *, num_samples, is_ivon):
-  """:func:`evaluate` for a batch of seeds."""
-  run = functools.partial(evaluate, num_samples=num_samples, is_ivon=is_ivon)
-  return jax.vmap(run, (0, 0, 0, None, None))(keys, params, opt_state, inputs, labels)
+@functools.partial(jax.jit, static_argnames="num_samples")
+def evaluate_seeds(keys, params, opt_state, inputs, labels, *, num_samples):
+  """Accuracy and NLL per seed: IVON's of its posterior predictive, AdamW's at its weights."""
+  run = functools.partial(models.predictive_scores, apply=models.mlp_apply, num_samples=num_samples)
+  return jax.vmap(lambda k, p, s: run(k, params=p, opt_state=s, inputs=inputs, labels=labels))(
+    keys, params, opt_state
+  )
 
 
 def run_sequence(keys, tasks, learning_rate, *, method, config):
   """All tasks in turn, for a batch of seeds (``keys``).
 
   Returns:
-    ``{split: (accuracy, nll)}`` for ``split`` in val/test, each of shape
-    ``(seeds, tasks trained, tasks evaluated)``.
+    ``({split: (accuracy, nll)}, params, opt_state)``: for ``split`` in
+    val/test, each of shape ``(seeds, tasks trained, tasks evaluated)``; the
+    last task's params and optimizer states, batched over seeds.
   """
-  is_ivon = method != "adamw-finetune"
   num_train = tasks[0].y_train.shape[0]
   sizes = (tasks[0].x_train.shape[1], config.hidden, config.hidden, 10)
   keys = jax.vmap(lambda key: jax.random.split(key, 1 + 2 * len(tasks)))(keys)
@@ -229,16 +174,16 @@ def run_sequence(keys, tasks, learning_rate, *, method, config):
           getattr(seen, f"x_{split}"),
           getattr(seen, f"y_{split}"),
           num_samples=config.eval_samples,
-          is_ivon=is_ivon,
         )
         for seen in tasks
       ]
       rows[split].append([np.stack([np.asarray(cell[i]) for cell in cells], -1) for i in range(2)])
   # (seeds, tasks trained, tasks evaluated) per split and metric.
-  return {
+  tables = {
     split: tuple(np.stack([row[i] for row in table], 1) for i in range(2))
     for split, table in rows.items()
   }
+  return tables, params, opt_state
 
 
 def seen_average(table):
@@ -264,38 +209,61 @@ def parse_args(argv=None):
   return parser.parse_args(argv)
 
 
-def main(argv=None):
-  args = parse_args(argv)
-  config = Config(hidden=args.hidden, epochs=args.epochs, eval_samples=args.eval_samples)
-  tasks = [jax.tree.map(jnp.asarray, task) for task in permuted_tasks(args.tasks)]
-  keys = jax.vmap(jax.random.key)(jnp.asarray(args.seeds))
-  results = {}
+def compare(tasks, seeds, learning_rates: dict, config: Config) -> tuple[dict, dict]:
+  """Every method on ``tasks``, its learning rate picked on validation.
+
+  Args:
+    tasks: the :class:`Task` s, in order.
+    seeds: one run per seed.
+    learning_rates: ``{'ivon': [...], 'adamw': [...]}``, the candidates.
+    config: the shared settings.
+
+  Returns:
+    ``(results, finals)``: per method, the chosen learning rate and the test
+    accuracy and NLL averaged over the tasks seen so far ``(seeds, tasks)``;
+    and the chosen runs' last ``(params, opt_state)``.
+  """
+  tasks = [jax.tree.map(jnp.asarray, task) for task in tasks]
+  keys = jax.vmap(jax.random.key)(jnp.asarray(seeds))
+  results, finals = {}, {}
   for method in METHODS:
-    learning_rates = args.adamw_lrs if method.startswith("adamw") else args.ivon_lrs
     runs = {}
-    for learning_rate in learning_rates:
+    for learning_rate in learning_rates[method.split("-")[0]]:
       start = time.perf_counter()
       runs[learning_rate] = run_sequence(keys, tasks, learning_rate, method=method, config=config)
-      val_accuracy = seen_average(runs[learning_rate]["val"][0])[:, -1].mean()
+      val_accuracy = seen_average(runs[learning_rate][0]["val"][0])[:, -1].mean()
       print(
         f"{method} lr={learning_rate:g}: final val accuracy {val_accuracy:.4f} "
         f"({time.perf_counter() - start:.0f} s)"
       )
-    best = max(runs, key=lambda lr: seen_average(runs[lr]["val"][0])[:, -1].mean())
-    accuracy, nll = (seen_average(t) for t in runs[best]["test"])
+    best = max(runs, key=lambda lr: seen_average(runs[lr][0]["val"][0])[:, -1].mean())
+    tables, *finals[method] = runs[best]
+    accuracy, nll = (seen_average(t) for t in tables["test"])
     results[method] = {
       "learning_rate": best,
       "accuracy": accuracy.tolist(),  # (seeds, tasks): average over tasks seen so far
       "nll": nll.tolist(),
-      "per_task_accuracy": np.asarray(runs[best]["test"][0]).tolist(),  # (seeds, after, task)
+      "per_task_accuracy": np.asarray(tables["test"][0]).tolist(),  # (seeds, after, task)
     }
+  return results, finals
 
+
+def main(argv=None):
+  args = parse_args(argv)
+  config = Config(hidden=args.hidden, epochs=args.epochs, eval_samples=args.eval_samples)
+  learning_rates = {"ivon": args.ivon_lrs, "adamw": args.adamw_lrs}
+  results, finals = compare(permuted_tasks(args.tasks), args.seeds, learning_rates, config)
   os.makedirs(args.out, exist_ok=True)
+  print_table(results, args.tasks)
+  plot(results, os.path.join(args.out, "continual.png"))
+  for method in ("ivon-vcl", "ivon-finetune"):
+    params, opt_state = finals[method]
+    results[method]["ivon_diagnostics"] = models.report_diagnostics(
+      opt_state, params, name=f"{method}, after the last task,"
+    )
   summary = {"config": config._asdict(), "tasks": args.tasks, "seeds": args.seeds, **results}
   with open(os.path.join(args.out, "continual.json"), "w") as file:
     json.dump(summary, file, indent=1)
-  print_table(results, args.tasks)
-  plot(results, os.path.join(args.out, "continual.png"))
   return summary
 
 

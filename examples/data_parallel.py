@@ -58,8 +58,7 @@ MODEL = models.MLP((128,))
 
 
 def loss_fn(params, inputs, labels):
-  logits = MODEL.apply({"params": params}, inputs)
-  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+  return models.cross_entropy(MODEL.apply({"params": params}, inputs), labels)
 
 
 def make_optimizer(num_train: int, axis_name=None):
@@ -83,12 +82,10 @@ def batches(train_x, train_y):
 
 def one_sample_step(tx, base_key):
   """One IVON step; jitted over a mesh it is flavour 1."""
+  train_step = models.train_step(tx, loss_fn)
 
   def step_fn(params, opt_state, step, inputs, labels):
-    sampled, noise = ivon_optax.sample_params(jax.random.fold_in(base_key, step), opt_state, params)
-    loss, grads = jax.value_and_grad(loss_fn)(sampled, inputs, labels)
-    updates, opt_state = tx.update(grads, opt_state, params, noise=noise)
-    return optax.apply_updates(params, updates), opt_state, loss
+    return train_step(jax.random.fold_in(base_key, step), params, opt_state, inputs, labels)
 
   return step_fn
 
@@ -152,12 +149,12 @@ def per_device_samples(params, train_x, train_y, base_key):
   params = jax.device_put(params, replicated)
   opt_state = jax.device_put(tx.init(params), replicated)
 
+  train_step = models.train_step(tx, loss_fn)  # tx.update pmeans over 'data'
+
   def per_device(params, opt_state, step, inputs, labels):
     key = jax.random.fold_in(jax.random.fold_in(base_key, step), jax.lax.axis_index("data"))
-    sampled, noise = ivon_optax.sample_params(key, opt_state, params)
-    loss, grads = jax.value_and_grad(loss_fn)(sampled, inputs, labels)
-    updates, opt_state = tx.update(grads, opt_state, params, noise=noise)  # pmeans over 'data'
-    return optax.apply_updates(params, updates), opt_state, jax.lax.pmean(loss, "data")
+    params, opt_state, loss = train_step(key, params, opt_state, inputs, labels)
+    return params, opt_state, jax.lax.pmean(loss, "data")
 
   step_fn = jax.jit(
     jax.shard_map(
@@ -217,6 +214,7 @@ def main():
     ("2: shard_map, per-device noise", ARGS.devices, per_device_samples),
   ):
     final_params, opt_state, losses, seconds_per_step = run(params, train_x, train_y, base_key)
+    models.report_diagnostics(*jax.device_get((opt_state, final_params)), f"IVON, flavour {name},")
     accuracy, nll = evaluate(final_params, opt_state, test_x, test_y, jax.random.key(123))
     last = float(np.mean(losses[-20:]))
     rows.append((name, samples, last, accuracy, nll, 1000 * seconds_per_step))

@@ -4,7 +4,7 @@ Methods: SGD, AdamW, IVON at its mean and as the Bayesian model average
 (Bayes), MultiIVON (an equal-weight mixture of K IVON posteriors, the members'
 samples pooled) and a deep ensemble of K AdamW runs. Every run of one
 optimizer (seeds x members) trains at once, vmapped, with the main job's
-configurations (``train_classifier.CONFIGS``, chosen by
+configurations (``models.CLASSIFIER_CONFIGS``, chosen by
 ``sweep_classifier.py`` on this same validation split: a fifth of the training
 pool). Each seed's K members differ in initialization, shuffles and IVON noise;
 a single model is member 0 of its seed's ensemble.
@@ -32,13 +32,12 @@ import jax
 import jax.numpy as jnp
 import models
 import numpy as np
-import optax
-from train_classifier import CONFIGS
-from train_classifier import METRICS
 
 import ivon_optax
 import ivon_optax.calibration
 import ivon_optax.ensemble
+
+METRICS = {"accuracy": "accuracy ↑", "nll": "NLL ↓", "ece": "ECE ↓", "brier": "Brier ↓"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -125,15 +124,8 @@ def scores(log_probs: jax.Array, labels) -> dict:
 
 def ood_aurocs(log_probs: dict) -> dict:
   """AUROC of the predictive entropy, test inputs vs each other set: ``{set: [per seed]}``."""
-  entropy = {name: ivon_optax.metrics.predictive_entropy(lp) for name, lp in log_probs.items()}
-  return {
-    name: [
-      float(ivon_optax.metrics.ood_auroc(i, o))
-      for i, o in zip(entropy["test"], entropy[name], strict=True)
-    ]
-    for name in log_probs
-    if name not in ("test", "val")
-  }
+  others = [name for name in log_probs if name not in ("test", "val")]
+  return models.entropy_aurocs(log_probs, "test", others)
 
 
 def calibrate(log_probs: dict, val_labels) -> tuple[dict, list]:
@@ -167,7 +159,7 @@ def cell(values) -> str:
 
 def format_tables(results: dict, num_seeds: int) -> str:
   metric_names = list(METRICS)
-  header = " | ".join(f"{METRICS[m][0]} before / after T" for m in metric_names)
+  header = " | ".join(f"{METRICS[m]} before / after T" for m in metric_names)
   lines = [f"| method | {header} | T |", "|---" * (len(metric_names) + 2) + "|"]
   for method, r in results.items():
     cells = [f"{cell(r['before'][m])} / {cell(r['after'][m])}" for m in metric_names]
@@ -199,11 +191,11 @@ def step_cost(model, config, inputs, labels, members: int, repeats: int = 20) ->
   )
   x, y = jnp.asarray(inputs[: config.batch_size]), jnp.asarray(labels[: config.batch_size])
 
+  loss_fn = lambda p: models.cross_entropy(model.apply({"params": p}, x), y)
+  train_step = models.train_step(tx, loss_fn)
+
   def step(params, state, key):
-    sampled, noise = ivon_optax.sample_params(key, state, params)
-    grads = jax.grad(lambda p: models.cross_entropy(model.apply({"params": p}, x), y))(sampled)
-    updates, state = tx.update(grads, state, params, noise=noise)
-    return optax.apply_updates(params, updates), state
+    return train_step(key, params, state)[:2]
 
   keys = jax.random.split(jax.random.key(0), members)
   params = jax.vmap(lambda k: model.init(k, x[:1])["params"])(keys)
@@ -244,48 +236,39 @@ def step_cost(model, config, inputs, labels, members: int, repeats: int = 20) ->
 # --- Main --------------------------------------------------------------------------------
 
 
-def main(argv=None) -> dict:
-  args = parse_args(argv)
-  pool = 4000
-  num_val = pool // 5  # the sweep's validation split
-  num_train = pool - num_val if args.num_train is None else args.num_train
-  dataset = data.mnist1d(num_train=num_train, num_val=num_val)
+def compare(dataset, *, hidden, seeds, members, epochs, samples, progress=False) -> tuple:
+  """Trains and scores every method; returns ``(results, IVON's runs)``.
+
+  Args:
+    dataset: a ``data.Dataset`` with train, validation and test splits.
+    hidden: the MLP's hidden widths.
+    seeds: the seeds; each has ``members`` runs of AdamW and IVON.
+    members: K, members per ensemble.
+    epochs: training epochs.
+    samples: IVON-Bayes' weight samples; MultiIVON splits as many over its members.
+    progress: show tqdm bars.
+  """
   train, val, test = dataset.train, dataset.val, dataset.test
-  configs = CONFIGS["mnist1d"]
-  model = models.MLP(tuple(args.hidden), dataset.num_classes)
-  K, num_seeds = args.members, len(args.seeds)
-
-  if args.timing:
-    cost = step_cost(model, configs["ivon"], train.inputs, train.labels, K)
-    print(json.dumps(cost, indent=1))
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "ensemble_step_cost.json"), "w") as file:
-      json.dump(cost, file, indent=1)
-    return cost
-
+  configs = models.CLASSIFIER_CONFIGS
+  model = models.MLP(tuple(hidden), dataset.num_classes)
+  K, num_seeds = members, len(seeds)
   inputs = {
     "val": val.inputs,
     "test": test.inputs,
     **out_of_distribution_sets(train.inputs, test.inputs),
   }
-  print(
-    f"mnist1d: {len(train.labels)} train / {len(val.labels)} val / {len(test.labels)} test; "
-    f"{num_seeds} seeds x {K} members, {args.epochs} epochs"
-  )
-  start = time.perf_counter()
   # Run seed s*1000 + k is member k of seed s's ensemble; member 0 is the single model.
-  run_seeds = [1000 * s + k for s in args.seeds for k in range(K)]
+  run_seeds = [1000 * s + k for s in seeds for k in range(K)]
   trained = {}
   for name in ("sgd", "adamw", "ivon"):
-    seeds = [1000 * s for s in args.seeds] if name == "sgd" else run_seeds
     trained[name] = models.train(
       model,
       configs[name],
       train.inputs,
       train.labels,
-      seeds=seeds,
-      epochs=args.epochs,
-      progress=not args.no_progress,
+      seeds=[1000 * s for s in seeds] if name == "sgd" else run_seeds,
+      epochs=epochs,
+      progress=progress,
     )
 
   log_probs = {}  # {method: {input set: (seeds, n, classes)}}
@@ -301,11 +284,11 @@ def main(argv=None) -> dict:
   log_probs["AdamW"] = {s: lp[:, 0] for s, lp in adamw.items()}
   log_probs[f"Deep ensemble (AdamW, K={K})"] = {s: mixture(lp, 1) for s, lp in adamw.items()}
   log_probs["IVON (mean)"] = {s: lp[:, 0] for s, lp in at_mean(trained["ivon"]).items()}
-  bayes = f"IVON (Bayes, {args.samples})"
-  per_member = max(args.samples // K, 1)  # the same number of forward passes as IVON-Bayes
+  bayes = f"IVON (Bayes, {samples})"
+  per_member = max(samples // K, 1)  # the same number of forward passes as IVON-Bayes
   multi = f"MultiIVON (K={K}, {per_member} each)"
   predictors = {
-    bayes: make_bayes_predictor(model, trained["ivon"], num_seeds, args.samples, 1),
+    bayes: make_bayes_predictor(model, trained["ivon"], num_seeds, samples, 1),
     multi: make_bayes_predictor(model, trained["ivon"], num_seeds, per_member, K),
   }
   ones = jnp.ones(num_seeds)
@@ -322,23 +305,61 @@ def main(argv=None) -> dict:
     results[method]["posterior_scale"] = taus[method].tolist()
     results[method]["after_tau"] = scores(scaled["test"], test.labels)
     results[method]["ood_after_tau"] = ood_aurocs(scaled)
+  return results, trained["ivon"]
+
+
+def main(argv=None) -> dict:
+  args = parse_args(argv)
+  pool = 4000
+  num_val = pool // 5  # the sweep's validation split
+  num_train = pool - num_val if args.num_train is None else args.num_train
+  dataset = data.mnist1d(num_train=num_train, num_val=num_val)
+  configs = models.CLASSIFIER_CONFIGS
+  K, num_seeds = args.members, len(args.seeds)
+
+  if args.timing:
+    model = models.MLP(tuple(args.hidden), dataset.num_classes)
+    cost = step_cost(model, configs["ivon"], dataset.train.inputs, dataset.train.labels, K)
+    print(json.dumps(cost, indent=1))
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "ensemble_step_cost.json"), "w") as file:
+      json.dump(cost, file, indent=1)
+    return cost
+
+  print(
+    f"mnist1d: {len(dataset.train.labels)} train / {len(dataset.val.labels)} val / "
+    f"{len(dataset.test.labels)} test; {num_seeds} seeds x {K} members, {args.epochs} epochs"
+  )
+  start = time.perf_counter()
+  results, ivon_runs = compare(
+    dataset,
+    hidden=args.hidden,
+    seeds=args.seeds,
+    members=K,
+    epochs=args.epochs,
+    samples=args.samples,
+    progress=not args.no_progress,
+  )
+  predictors = [method for method in results if "posterior_scale" in results[method]]
   seconds = time.perf_counter() - start
 
   print("\n" + format_tables(results, num_seeds) + "\n")
   print("Posterior scale tau fitted on the validation split (sigma -> tau sigma):\n")
-  print("| method | tau | " + " | ".join(METRICS[m][0] for m in METRICS) + " |")
+  print("| method | tau | " + " | ".join(METRICS.values()) + " |")
   print("|---" * (len(METRICS) + 2) + "|")
   for method in predictors:
     r = results[method]
     cells = " | ".join(cell(r["after_tau"][m]) for m in METRICS)
     print(f"| {method} | {cell(r['posterior_scale'])} | {cells} |")
   print(f"\n({seconds:.0f} s)")
+  diagnostics = models.report_diagnostics(ivon_runs.opt_state, ivon_runs.params)
 
   os.makedirs(args.out, exist_ok=True)
   summary = {
     "args": vars(args),
     "configs": {name: dataclasses.asdict(config) for name, config in configs.items()},
     "results": results,
+    "ivon_diagnostics": diagnostics,
     "seconds": seconds,
   }
   with open(os.path.join(args.out, "ensembles.json"), "w") as file:

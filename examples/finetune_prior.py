@@ -25,12 +25,12 @@ import os
 import time
 from typing import NamedTuple
 
+import data
 import jax
 import jax.numpy as jnp
 import matplotlib
 import models
 import numpy as np
-import optax
 
 import ivon_optax
 
@@ -38,43 +38,21 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 VARIANTS = ("zero", "pretrained", "posterior")
+TESTS = ("shifted_test", "original_test")
 # The shifted task: MNIST-1D's generator with these arguments changed.
 SHIFT = {"corr_noise_scale": 0.6, "shear_scale": 1.5, "scale_coeff": 0.6, "seed": 7}
 
 # --- Data: MNIST-1D, generated locally ----------------------------------------------
 
 
-class Split(NamedTuple):
-  """Float32 inputs ``(n, 40)`` and int32 labels ``(n,)``."""
+def few_shot_splits(shots: int, num_val: int, seed: int = 0, num_samples: int | None = None):
+  """``shots`` training and ``num_val`` validation examples of the shifted data; its test set.
 
-  inputs: np.ndarray
-  labels: np.ndarray
-
-
-def load_mnist1d(**changes):
-  """MNIST-1D from ``mnist1d.data.make_dataset`` (never downloads), with generator ``changes``.
-
-  Returns:
-    ``(train, test)`` :class:`Split` s.
+  ``num_samples``: the shifted MNIST-1D's size (``None``: the standard 5000).
   """
-  from mnist1d.data import get_dataset_args
-  from mnist1d.data import make_dataset
-
-  args = get_dataset_args()
-  for name, value in changes.items():
-    setattr(args, name, value)
-  data = make_dataset(args)
-  return (
-    Split(data["x"].astype(np.float32), data["y"].astype(np.int32)),
-    Split(data["x_test"].astype(np.float32), data["y_test"].astype(np.int32)),
-  )
-
-
-def few_shot_splits(shots: int, num_val: int, seed: int = 0):
-  """``shots`` training and ``num_val`` validation examples of the shifted data; its test set."""
-  train, test = load_mnist1d(**SHIFT)
+  train, test = data.mnist1d_arrays(num_samples, **SHIFT)
   order = np.random.default_rng(seed).permutation(len(train.labels))
-  pick = lambda index: Split(train.inputs[index], train.labels[index])
+  pick = lambda index: data.Split(train.inputs[index], train.labels[index])
   return pick(order[:shots]), pick(order[shots : shots + num_val]), test
 
 
@@ -96,43 +74,25 @@ class Config(NamedTuple):
 
 
 def ivon_optimizer(config, ess, steps, **prior_or_decay):
-  schedule = optax.cosine_decay_schedule(config.learning_rate, steps)
-  # Newton-scaled steps: rescale_lr would multiply each weight's step by h0 + delta,
-  # and the pretraining posterior as prior has a delta far above h0.
-  return ivon_optax.ivon(
-    schedule,
-    ess=float(ess),
-    hess_init=config.hess_init,
-    beta2=config.beta2,
-    rescale_lr=False,
-    **prior_or_decay,
-  )
+  return models.newton_ivon(config.learning_rate, steps, ess=ess, config=config, **prior_or_decay)
 
 
 def train(key, tx, params, split, *, steps, batch_size):
   """``steps`` IVON steps of ``tx`` from ``params``; returns ``(params, opt_state)``."""
-
-  def step(carry, step_key):
-    params, opt_state = carry
-    batch_key, sample_key = jax.random.split(step_key)
-    batch = jax.random.choice(batch_key, split.labels.shape[0], (batch_size,), replace=False)
-    sampled, noise = ivon_optax.sample_params(sample_key, opt_state, params)
-    grads = jax.grad(models.mean_nll)(sampled, split.inputs[batch], split.labels[batch])
-    updates, opt_state = tx.update(grads, opt_state, params, noise=noise)
-    return (optax.apply_updates(params, updates), opt_state), None
-
-  carry = (params, tx.init(params))
-  return jax.lax.scan(step, carry, jax.random.split(key, steps))[0]
+  return models.fit(key, tx, params, models.mean_nll, *split, steps=steps, batch_size=batch_size)
 
 
 def evaluate(key, params, opt_state, split, num_samples):
   """Accuracy and mean NLL of the posterior predictive."""
-  logits = ivon_optax.predict.sample_outputs(
-    key, models.mlp_apply, opt_state, params, split.inputs, num_samples=num_samples
+  return models.predictive_scores(
+    key, models.mlp_apply, params, opt_state, *split, num_samples=num_samples
   )
-  log_probs = ivon_optax.predict.predictive_log_probs(logits)
-  nll = -jnp.take_along_axis(log_probs, split.labels[:, None], axis=1).mean()
-  return jnp.mean(jnp.argmax(log_probs, -1) == split.labels), nll
+
+
+@functools.partial(jax.jit, static_argnums=4)
+def evaluate_seeds(keys, params, opt_state, split, num_samples):
+  """:func:`evaluate` per seed."""
+  return jax.vmap(evaluate, (0, 0, 0, None, None))(keys, params, opt_state, split, num_samples)
 
 
 @functools.partial(jax.jit, static_argnames="config")
@@ -151,9 +111,13 @@ def pretrain(keys, split, *, config):
 
 
 @functools.partial(jax.jit, static_argnames=("variant", "config"))
-def finetune(keys, pretrained, delta, data, *, variant, config):
-  """Fine-tunes each seed's pretrained model; returns ``{split: (accuracy, nll)}`` per seed."""
-  shots = data["train"].labels.shape[0]
+def finetune(keys, pretrained, delta, splits, *, variant, config):
+  """Fine-tunes each seed's pretrained model.
+
+  Returns:
+    ``({split: (accuracy, nll)}, diagnostics' key facts)``, per seed.
+  """
+  shots = splits["train"].labels.shape[0]
   batch_size = min(config.batch_size, shots)
 
   def one_seed(key, params, opt_state):
@@ -166,13 +130,15 @@ def finetune(keys, pretrained, delta, data, *, variant, config):
     tx = ivon_optimizer(config, shots, config.finetune_steps, **options)
     train_key, eval_key = jax.random.split(key)
     params, opt_state = train(
-      train_key, tx, params, data["train"], steps=config.finetune_steps, batch_size=batch_size
+      train_key, tx, params, splits["train"], steps=config.finetune_steps, batch_size=batch_size
     )
-    return {
+    scores = {
       name: evaluate(eval_key, params, opt_state, split, config.eval_samples)
-      for name, split in data.items()
+      for name, split in splits.items()
       if name != "train"
     }
+    logs = ivon_optax.diagnostics(opt_state, params)
+    return scores, {key: logs[key] for key in models.KEY_FACTS}
 
   return jax.vmap(one_seed)(keys, *pretrained)
 
@@ -194,6 +160,55 @@ def parse_args(argv=None):
   return parser.parse_args(argv)
 
 
+def compare(splits: dict, seeds, deltas, config: Config) -> dict:
+  """Pretrains, then fine-tunes with every prior; ``delta`` picked by validation accuracy.
+
+  Args:
+    splits: ``data.Split`` s: ``original_train`` (pretraining), ``train`` and
+      ``val`` (the shifted few shots), ``shifted_test`` and ``original_test``.
+    seeds: one pretraining and fine-tuning run per seed.
+    deltas: the candidate prior precisions of ``zero`` and ``pretrained``.
+    config: the settings.
+
+  Returns:
+    ``{'pretrained only' or variant: {'delta', split: {'accuracy', 'nll'}, 'ivon_diagnostics'}}``.
+  """
+  keys = jax.vmap(jax.random.key)(jnp.asarray(seeds))
+  splits = jax.tree.map(jnp.asarray, splits)
+  original_train = splits.pop("original_train")
+  start = time.perf_counter()
+  split_keys = jax.vmap(lambda key: jax.random.split(key, 3))(keys)
+  pre_keys, eval_keys, tune_keys = (split_keys[:, i] for i in range(3))
+  pretrained = pretrain(pre_keys, original_train, config=config)
+  before = {
+    name: evaluate_seeds(eval_keys, *pretrained, splits[name], config.eval_samples)
+    for name in TESTS
+  }
+  print(f"pretrained ({time.perf_counter() - start:.0f} s)")
+  logs = ivon_optax.diagnostics(pretrained[1], pretrained[0])
+  results = {"pretrained only": {name: _summary(value) for name, value in before.items()}}
+  results["pretrained only"]["ivon_diagnostics"] = _facts(logs)
+  for variant in VARIANTS:
+    runs = {}
+    for delta in [None] if variant == "posterior" else deltas:
+      runs[delta] = jax.device_get(
+        finetune(
+          tune_keys,
+          pretrained,
+          0.0 if delta is None else delta,
+          splits,
+          variant=variant,
+          config=config,
+        )
+      )
+      print(f"{variant} delta={delta}: val accuracy {np.mean(runs[delta][0]['val'][0]):.4f}")
+    best = max(runs, key=lambda delta: np.mean(runs[delta][0]["val"][0]))
+    scores, logs = runs[best]
+    results[variant] = {"delta": best, **{name: _summary(scores[name]) for name in TESTS}}
+    results[variant]["ivon_diagnostics"] = _facts(logs)
+  return results
+
+
 def main(argv=None):
   args = parse_args(argv)
   config = Config(
@@ -201,51 +216,16 @@ def main(argv=None):
     pretrain_epochs=args.pretrain_epochs,
     finetune_steps=args.finetune_steps,
   )
-  original_train, original_test = load_mnist1d()
+  original_train, original_test = data.mnist1d_arrays()
   shifted_train, shifted_val, shifted_test = few_shot_splits(args.shots, args.val)
-  data = {
+  splits = {
+    "original_train": original_train,
     "train": shifted_train,
     "val": shifted_val,
     "shifted_test": shifted_test,
     "original_test": original_test,
   }
-  data = jax.tree.map(jnp.asarray, data)
-  keys = jax.vmap(jax.random.key)(jnp.asarray(args.seeds))
-
-  start = time.perf_counter()
-  split_keys = jax.vmap(lambda key: jax.random.split(key, 3))(keys)
-  pre_keys, eval_keys, tune_keys = (split_keys[:, i] for i in range(3))
-  pretrained = pretrain(pre_keys, jax.tree.map(jnp.asarray, original_train), config=config)
-  before = {
-    name: jax.vmap(evaluate, (0, 0, 0, None, None))(
-      eval_keys, *pretrained, data[name], config.eval_samples
-    )
-    for name in ("shifted_test", "original_test")
-  }
-  print(f"pretrained ({time.perf_counter() - start:.0f} s)")
-
-  results = {"pretrained only": {name: _summary(value) for name, value in before.items()}}
-  for variant in VARIANTS:
-    deltas = [None] if variant == "posterior" else args.deltas
-    runs = {}
-    for delta in deltas:
-      runs[delta] = jax.device_get(
-        finetune(
-          tune_keys,
-          pretrained,
-          0.0 if delta is None else delta,
-          data,
-          variant=variant,
-          config=config,
-        )
-      )
-      print(f"{variant} delta={delta}: val accuracy {np.mean(runs[delta]['val'][0]):.4f}")
-    best = max(runs, key=lambda delta: np.mean(runs[delta]["val"][0]))
-    results[variant] = {"delta": best}
-    results[variant].update(
-      {name: _summary(runs[best][name]) for name in ("shifted_test", "original_test")}
-    )
-
+  results = compare(splits, args.seeds, args.deltas, config)
   os.makedirs(args.out, exist_ok=True)
   summary = {
     "config": config._asdict(),
@@ -258,7 +238,15 @@ def main(argv=None):
     json.dump(summary, file, indent=1)
   print_table(results)
   plot(results, os.path.join(args.out, "finetune_prior.png"))
+  print()
+  for name, result in results.items():
+    print(models.describe_facts(result["ivon_diagnostics"], f"IVON, {name},"))
   return summary
+
+
+def _facts(logs):
+  """Diagnostics' key facts per seed, as lists."""
+  return {key: np.asarray(logs[key]).tolist() for key in models.KEY_FACTS}
 
 
 def _summary(accuracy_and_nll):

@@ -25,6 +25,7 @@ import os
 
 import jax
 import jax.numpy as jnp
+import models
 import numpy as np
 import optax
 
@@ -70,29 +71,23 @@ def optimizers(ess: float, num_steps: int) -> dict:
 
 
 def run(tx, start, key, num_steps: int):
-  """One trajectory: the mean (or iterate) at every step, and IVON's sigma (zeros otherwise)."""
-  is_ivon = any(
-    isinstance(node, ivon_optax.IVONState)
-    for node in jax.tree.leaves(
-      tx.init(start), is_leaf=lambda n: isinstance(n, ivon_optax.IVONState)
-    )
-  )
+  """One trajectory: the mean (or iterate) at every step, IVON's sigma (zeros otherwise), the state.
+
+  IVON's gradient is taken at a weight sample (``models.train_step``), the others' at ``w``.
+  """
+  train_step = models.train_step(tx, loss)
 
   def step(carry, step_key):
-    w, state = carry
-    if is_ivon:
-      sampled, noise = ivon_optax.sample_params(step_key, state, w)
-      updates, state = tx.update(jax.grad(loss)(sampled), state, w, noise=noise)
+    w, state, _ = train_step(step_key, *carry)
+    if models.holds_ivon(state):
       sigma = ivon_optax.posterior_std(state, w)
     else:
-      updates, state = tx.update(jax.grad(loss)(w), state, w)
       sigma = jnp.zeros_like(w)
-    w = optax.apply_updates(w, updates)
     return (w, state), (w, sigma)
 
   keys = jax.random.split(key, num_steps)
-  _, (path, sigmas) = jax.lax.scan(step, (start, tx.init(start)), keys)
-  return jnp.concatenate([start[None], path]), sigmas
+  (_, state), (path, sigmas) = jax.lax.scan(step, (start, tx.init(start)), keys)
+  return jnp.concatenate([start[None], path]), sigmas, state
 
 
 def basin(w: np.ndarray) -> np.ndarray:
@@ -102,18 +97,33 @@ def basin(w: np.ndarray) -> np.ndarray:
   return np.where(near_sharp, "sharp", np.where(near_flat, "flat", "neither"))
 
 
-def main(argv=None) -> dict:
-  args = parse_args(argv)
-  axis = np.linspace(-BOX, BOX, args.grid, dtype=np.float32)
-  starts = jnp.asarray(np.stack(np.meshgrid(axis, axis), -1).reshape(-1, 2))
-  keys = jax.random.split(jax.random.key(args.seed), len(starts))
+def grid_starts(grid: int) -> jax.Array:
+  """``grid x grid`` starts on a lattice over ``[-BOX, BOX]^2``: ``(grid², 2)``."""
+  axis = np.linspace(-BOX, BOX, grid, dtype=np.float32)
+  return jnp.asarray(np.stack(np.meshgrid(axis, axis), -1).reshape(-1, 2))
+
+
+def run_all(starts, *, ess: float, steps: int, seed: int) -> tuple[dict, dict, dict, dict]:
+  """Every optimizer from every start: ``(paths, sigmas, basin frequencies, IVON's states)``."""
+  keys = jax.random.split(jax.random.key(seed), len(starts))
   paths, sigmas, frequencies = {}, {}, {}
-  for name, tx in optimizers(args.ess, args.steps).items():
-    all_runs = jax.jit(jax.vmap(lambda w, k, tx=tx: run(tx, w, k, args.steps)))
-    path, sigma = all_runs(starts, keys)
+  for name, tx in optimizers(ess, steps).items():
+    all_runs = jax.jit(jax.vmap(lambda w, k, tx=tx: run(tx, w, k, steps)))
+    path, sigma, state = all_runs(starts, keys)
     paths[name], sigmas[name] = np.asarray(path), np.asarray(sigma)
     ends = basin(paths[name][:, -1])
     frequencies[name] = {b: float(np.mean(ends == b)) for b in ("sharp", "flat", "neither")}
+    if name == "IVON":
+      ivon_state = state
+  return paths, sigmas, frequencies, ivon_state
+
+
+def main(argv=None) -> dict:
+  args = parse_args(argv)
+  starts = grid_starts(args.grid)
+  paths, sigmas, frequencies, ivon_state = run_all(
+    starts, ess=args.ess, steps=args.steps, seed=args.seed
+  )
 
   final_sigma = sigmas["IVON"][:, -1]
   ivon_ends = basin(paths["IVON"][:, -1])
@@ -134,6 +144,8 @@ def main(argv=None) -> dict:
   print("| optimizer | ends in the sharp basin | in the flat basin | neither |\n|---|---|---|---|")
   for name, f in frequencies.items():
     print(f"| {name} | {f['sharp']:.0%} | {f['flat']:.0%} | {f['neither']:.0%} |")
+  ends = jnp.asarray(paths["IVON"][:, -1])
+  summary["ivon_diagnostics"] = models.report_diagnostics(ivon_state, ends, "IVON, one per start,")
 
   os.makedirs(args.out, exist_ok=True)
   path = os.path.join(args.out, "flat_minima.png")

@@ -26,8 +26,10 @@ import os
 import time
 from typing import NamedTuple
 
+import data
 import jax
 import jax.numpy as jnp
+import models
 import numpy as np
 import optax
 
@@ -44,23 +46,10 @@ class Splits(NamedTuple):
   test: tuple
 
 
-def load_digits_arrays():
-  """Scikit-learn's 8x8 digits, pixels scaled to [0, 1]."""
-  from sklearn.datasets import load_digits
-
-  digits = load_digits()
-  return (digits.data / 16.0).astype(np.float32), digits.target.astype(np.int32)
-
-
-def load_mnist1d_arrays():
-  """MNIST-1D (Greydanus, 2020), generated locally from the package's templates (no download)."""
-  from mnist1d.data import get_dataset_args
-  from mnist1d.data import make_dataset
-
-  data = make_dataset(get_dataset_args())
-  inputs = np.concatenate([data["x"], data["x_test"]]).astype(np.float32)
-  labels = np.concatenate([data["y"], data["y_test"]]).astype(np.int32)
-  return inputs, labels
+def mnist1d_all():
+  """MNIST-1D's training pool and test set together (5000 examples, generated locally)."""
+  train, test = data.mnist1d_arrays()
+  return data.Split(*(np.concatenate(pair) for pair in zip(train, test, strict=True)))
 
 
 def split(arrays, sizes, seed) -> Splits:
@@ -73,31 +62,20 @@ def split(arrays, sizes, seed) -> Splits:
 
 
 DATASETS = {  # name: (loader, train, validation, test sizes, hidden width)
-  "digits": (load_digits_arrays, (300, 300, 1000), 32),
-  "mnist1d": (load_mnist1d_arrays, (500, 500, 2000), 64),
+  "digits": (data.digits_arrays, (300, 300, 1000), 32),
+  "mnist1d": (mnist1d_all, (500, 500, 2000), 64),
 }
 
 # --- Model and training ------------------------------------------------------------
 
 
+mlp_apply = models.tanh_mlp_apply
+mean_nll = functools.partial(models.mean_nll, apply=mlp_apply)
+
+
 def init_mlp(key, sizes):
-  keys = jax.random.split(key, len(sizes) - 1)
-  return [
-    {"w": jax.random.normal(k, (a, b)) / np.sqrt(a), "b": jnp.zeros(b)}
-    for k, a, b in zip(keys, sizes[:-1], sizes[1:], strict=True)
-  ]
-
-
-def mlp_apply(params, inputs):
-  hidden = inputs
-  for layer in params[:-1]:
-    hidden = jnp.tanh(hidden @ layer["w"] + layer["b"])
-  return hidden @ params[-1]["w"] + params[-1]["b"]
-
-
-def mean_nll(params, inputs, labels):
-  logits = mlp_apply(params, inputs)
-  return optax.losses.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+  """Weights N(0, 1 / fan_in), zero biases."""
+  return models.init_mlp(key, sizes, gain=1.0)
 
 
 def make_ivon(learning_rate, num_train, weight_decay, args):
@@ -116,18 +94,17 @@ def train_steps(
 ):
   """``num_steps`` IVON steps on random minibatches; ``weight_decay`` may be traced."""
   tx = make_tx(weight_decay)
-
-  def step(carry, step_key):
-    params, state = carry
-    batch_key, sample_key = jax.random.split(step_key)
-    batch = jax.random.choice(batch_key, labels.shape[0], (batch_size,), replace=False)
-    sampled, noise = ivon_optax.sample_params(sample_key, state, params)
-    grads = jax.grad(mean_nll)(sampled, inputs[batch], labels[batch])
-    updates, state = tx.update(grads, state, params, noise=noise)
-    return (optax.apply_updates(params, updates), state), None
-
-  (params, state), _ = jax.lax.scan(step, (params, state), jax.random.split(key, num_steps))
-  return params, state
+  return models.fit(
+    key,
+    tx,
+    params,
+    mean_nll,
+    inputs,
+    labels,
+    steps=num_steps,
+    batch_size=batch_size,
+    opt_state=state,
+  )
 
 
 def estimates(state, params, splits):
@@ -144,7 +121,8 @@ def estimates(state, params, splits):
   row["validation"] = float(mean_nll(params, *splits.validation))
   row["test"] = float(mean_nll(params, *splits.test))
   row["train"] = float(mean_nll(params, *splits.train))
-  row["hess_at_init"] = float(ivon_optax.diagnostics(state, params)["hess_at_init"])
+  logs = ivon_optax.diagnostics(state, params)
+  row.update({key: float(logs[key]) for key in ("hess_at_init", *models.KEY_FACTS)})
   return row
 
 
@@ -202,11 +180,16 @@ def weight_decay_grid(splits, hidden, seed, args):
 
 
 def picks(curves):
-  """Test NLL at the choice of each criterion, and the best achievable."""
+  """Test NLL at the choice of each criterion, and the best achievable.
+
+  An estimate that is NaN (leave-one-out is impossible there) is never picked;
+  a criterion that is NaN everywhere picks nothing (``None``, test NLL NaN).
+  """
   result = {"best": float(curves["test"].min()), "best_at": int(np.argmin(curves["test"]))}
   for criterion in ("validation", *METHODS):
-    index = int(np.argmin(curves[criterion]))
-    result[criterion] = float(curves["test"][index])
+    values = np.asarray(curves[criterion], np.float64)
+    index = int(np.nanargmin(values)) if np.any(~np.isnan(values)) else None
+    result[criterion] = float("nan") if index is None else float(curves["test"][index])
     result[f"{criterion}_at"] = index
   return result
 
@@ -220,7 +203,9 @@ def report(title, per_seed, labels):
   print("| criterion | picks | test NLL of the pick | excess over the best |")
   print("|---|---|---|---|")
   for criterion in ("validation", *METHODS):
-    chosen = [labels[p[f"{criterion}_at"]] for p in per_seed]
+    chosen = [
+      "-" if p[f"{criterion}_at"] is None else labels[p[f"{criterion}_at"]] for p in per_seed
+    ]
     excess = [p[criterion] - p["best"] for p in per_seed]
     name = "held-out validation" if criterion == "validation" else f"LOO, {criterion}"
     print(
@@ -256,10 +241,12 @@ def main(argv=None):
     loader, sizes, hidden = DATASETS[name]
     arrays = loader()
     start = time.perf_counter()
-    epochs, decays = [], []
+    epochs, decays, finals = [], [], []
     for seed in args.seeds:
       splits = split(arrays, sizes, seed)
-      epochs.append(picks(epoch_curves(splits, hidden, seed, args)))
+      curves = epoch_curves(splits, hidden, seed, args)
+      epochs.append(picks(curves))
+      finals.append({key: curves[key][-1] for key in models.KEY_FACTS})
       decays.append(picks(weight_decay_grid(splits, hidden, seed, args)))
     print(
       f"\n## {name}: MLP {hidden} tanh units, {sizes[0]} train / {sizes[1]} validation / "
@@ -277,7 +264,9 @@ def main(argv=None):
       decays,
       args.weight_decays,
     )
-    results[name] = {"epoch": epochs, "weight_decay": decays}
+    facts = {key: [row[key] for row in finals] for key in models.KEY_FACTS}
+    print("\n" + models.describe_facts(facts, "IVON, last epoch of the epoch run,"))
+    results[name] = {"epoch": epochs, "weight_decay": decays, "ivon_diagnostics": finals}
   if args.json:
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as file:

@@ -73,8 +73,10 @@ def run(args, seed, *, hess_init, beta2, num_epochs, every_epoch=True):
       apply, opt_state, params, jnp.asarray(train.inputs), jnp.asarray(train.labels)
     )
     test_log_probs = jax.nn.log_softmax(apply(params, test.inputs))
+    logs = ivon_optax.diagnostics(opt_state, params)
     rows.append(
       {
+        **{key: float(logs[key]) for key in models.KEY_FACTS},
         "loo_nll": float(estimate.nll),
         "loo_error": float(estimate.error),
         "train_nll": float(estimate.train_nll),
@@ -164,6 +166,7 @@ def main(argv=None) -> dict:
     f"train NLL {spread(final('train_nll'))}; LOO error {spread(final('loo_error'))}, "
     f"test error {spread(final('test_error'))}"
   )
+  print(models.describe_facts({key: final(key) for key in models.KEY_FACTS}, "IVON, final epoch,"))
   summary = {
     "args": vars(args),
     "seeds": per_seed,

@@ -29,6 +29,7 @@ import data
 import jax
 import jax.numpy as jnp
 import matplotlib
+import models
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
@@ -113,18 +114,10 @@ def cross_entropy(model, x, y):
 
 def target_task(num_train, num_val, num_test, seed=7):
   """The shifted MNIST-1D: train and validation from one pool, test from its own draw."""
-  from mnist1d.data import get_dataset_args
-  from mnist1d.data import make_dataset
-
-  args = get_dataset_args()
-  vars(args).update(TARGET_SHIFT, seed=seed)
-  args.num_samples = 5 * max(-(-(num_train + num_val) // 4), num_test)
-  generated = make_dataset(args)
-  x, y = generated["x"].astype(np.float32), generated["y"].astype(np.int32)
+  num_samples = 5 * max(-(-(num_train + num_val) // 4), num_test)
+  (x, y), generated_test = data.mnist1d_arrays(num_samples, seed=seed, **TARGET_SHIFT)
   split = lambda a, b: data.Split(x[a:b], y[a:b])
-  test = data.Split(
-    generated["x_test"][:num_test].astype(np.float32), generated["y_test"][:num_test]
-  )
+  test = data.Split(generated_test.inputs[:num_test], generated_test.labels[:num_test])
   return data.Dataset(
     "mnist1d-shifted", split(num_val, num_val + num_train), split(0, num_val), test
   )
@@ -156,14 +149,16 @@ def train_epoch(graphdef, state, key, inputs, labels, *, batch_size, bayes):
   order = jax.random.permutation(key, len(labels))[: num_steps * batch_size]
   batches = order.reshape(num_steps, batch_size)
   lora_grad = nnx.grad(cross_entropy, argnums=nnx.DiffState(0, nnx.LoRAParam))
+  # IVON: the gradient at a posterior sample of the adapters moves their mean.
+  grad_at_sample = ivon_flax.nnx_value_and_grad_at_sample(cross_entropy)
 
   def step(state, args):
     batch, step_key = args
     model, optimizer = nnx.merge(graphdef, state)
     x, y = inputs[batch], labels[batch]
-    if bayes:  # IVON: the gradient at a posterior sample moves the mean.
-      sampled_model, noise = ivon_flax.sample_nnx_model(step_key, optimizer, model)
-      optimizer.update(model, lora_grad(sampled_model, x, y), noise=noise)
+    if bayes:
+      _, grads, noise = grad_at_sample(step_key, optimizer, model, x, y)
+      optimizer.update(model, grads, noise=noise)
     else:
       optimizer.update(model, lora_grad(model, x, y))
     return nnx.state((model, optimizer)), None
@@ -188,6 +183,9 @@ def evaluate(graphdef, state, key, split, *, bayes):
     logits = ivon_flax.sample_nnx_outputs(key, optimizer, model, split.inputs, num_samples=16)
     for k in SAMPLES:
       result[str(k)] = scores(predict.predictive_log_probs(logits[:k]), split.labels)
+    params, opt_state = ivon_flax.nnx_params_and_state(optimizer, model)
+    logs = ivon_optax.diagnostics(opt_state, params)
+    result["diagnostics"] = {key: logs[key] for key in models.KEY_FACTS}
   return result
 
 
@@ -250,7 +248,7 @@ def finetune(args, name, grid, target, checkpoint):
 
   # Restored once; each run's model gets its own adapters' initialization.
   base = nnx.state(restore_into(make_model(args, args.rank, jax.random.key(0)), checkpoint))
-  base = base.filter(nnx.Not(nnx.LoRAParam))
+  base = nnx.filter_state(base, nnx.Not(nnx.LoRAParam))
 
   def init(values, seed):
     model = make_model(args, args.rank, jax.random.key(seed))
@@ -392,6 +390,7 @@ def main(argv=None) -> dict:
     else:
       results[f"{label} (mean)"] = test["mean"]
       results.update({f"{label} ({k})": test[str(k)] for k in SAMPLES})
+      ivon_diagnostics = test["diagnostics"]
     print(f"{label}: chosen {chosen[label]} ({time.time() - start:.0f} s)")
 
   print(f"Test on the shifted task, mean ± std over {len(args.seeds)} seeds:")
@@ -400,6 +399,7 @@ def main(argv=None) -> dict:
     print(
       f"| {label} | " + " | ".join(summary(values[m]) for m in ("accuracy", "nll", "ece")) + " |"
     )
+  print(models.describe_facts(ivon_diagnostics, "IVON-LoRA (adapters), chosen runs,"))
   plot(results, out / "lora_finetune.png")
   result = {
     "args": vars(args),
@@ -410,6 +410,7 @@ def main(argv=None) -> dict:
     "chosen": chosen,
     "searched": searched,
     "metrics": results,
+    "ivon_diagnostics": ivon_diagnostics,
     "seconds": time.time() - start,
   }
   with open(out / "lora_finetune.json", "w") as file:

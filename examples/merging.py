@@ -120,7 +120,10 @@ def merge_seed(args, seed: int) -> dict:
   candidates["AdamW: Fisher-weighted average"] = ivon_optax.merging.merge_with_precisions(
     base, adamw_models, fishers
   )
-  scores = {}
+  logs = [
+    ivon_optax.diagnostics(state, params) for params, state in [(base, base_state), *finetuned]
+  ]
+  scores = {"_diagnostics": {key: [float(log[key]) for log in logs] for key in models.KEY_FACTS}}
   for name, params in candidates.items():
     log_probs = jax.nn.log_softmax(apply(params, test.inputs))
     scores[name] = {
@@ -133,6 +136,9 @@ def merge_seed(args, seed: int) -> dict:
 def main(argv=None) -> dict:
   args = parse_args(argv)
   per_seed = [merge_seed(args, seed) for seed in args.seeds]
+  # {fact: [[base, task 0-4, task 5-9] per seed]}
+  facts = [run.pop("_diagnostics") for run in per_seed]
+  diagnostics = {key: [run[key] for run in facts] for key in models.KEY_FACTS}
   names = list(per_seed[0])
   results = {
     name: {metric: [run[name][metric] for run in per_seed] for metric in ("nll", "accuracy")}
@@ -155,10 +161,13 @@ def main(argv=None) -> dict:
   lines += ["", f"Lower test NLL, seeds out of {len(args.seeds)}:"]
   lines += [f"  {name}: {count}" for name, count in wins.items()]
   print("\n".join(lines))
+  for index, model in enumerate(("base", "task 0-4", "task 5-9")):
+    facts = {key: np.asarray(values)[:, index] for key, values in diagnostics.items()}
+    print(models.describe_facts(facts, f"IVON, {model},"))
   os.makedirs(args.out, exist_ok=True)
   with open(os.path.join(args.out, "merging.md"), "w") as file:
     file.write("\n".join(lines) + "\n")
-  summary = {"args": vars(args), "results": results, "wins": wins}
+  summary = {"args": vars(args), "results": results, "wins": wins, "ivon_diagnostics": diagnostics}
   with open(os.path.join(args.out, "merging.json"), "w") as file:
     json.dump(summary, file, indent=1)
   return summary

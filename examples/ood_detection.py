@@ -5,7 +5,8 @@ any digit. Each method scores every input by the entropy of its predictive
 distribution; the AUROC measures how well that score separates the test
 digits (in-distribution) from uniform noise images and from shuffled-pixel
 digits (each test digit's pixels permuted: same intensities, no shape). The
-main job's digits configurations; mean ± std over seeds.
+main job's configurations (``models.CLASSIFIER_CONFIGS``); mean ± std over
+seeds.
 
     python examples/ood_detection.py
 """
@@ -18,10 +19,6 @@ import data
 import jax
 import models
 import numpy as np
-from train_classifier import BASELINES
-from train_classifier import CONFIGS
-
-import ivon_optax
 
 
 def out_of_distribution_sets(inputs: np.ndarray, seed: int = 0) -> dict:
@@ -44,52 +41,60 @@ def parse_args(argv=None) -> argparse.Namespace:
   return parser.parse_args(argv)
 
 
-def main(argv=None) -> dict:
-  args = parse_args(argv)
-  dataset = data.digits()
-  test = dataset.test.inputs
-  inputs = {"digits": test, **out_of_distribution_sets(test)}
-  model = models.MLP(tuple(args.hidden), dataset.num_classes)
-  # {method: {input set: log probs (runs, n, classes)}}
+def predictions(dataset: data.Dataset, inputs: dict, *, hidden, seeds, epochs, samples, progress):
+  """Trains every method; ``({method: {input set: log probs (runs, n, classes)}}, IVON's runs)``."""
+  model = models.MLP(tuple(hidden), dataset.num_classes)
   log_probs = {}
-  for name, config in CONFIGS["digits"].items():
+  for name, config in models.CLASSIFIER_CONFIGS.items():
     runs = models.train(
       model,
       config,
       dataset.train.inputs,
       dataset.train.labels,
-      seeds=args.seeds,
-      epochs=args.epochs,
-      progress=not args.no_progress,
+      seeds=seeds,
+      epochs=epochs,
+      progress=progress,
     )
     predict = lambda x, runs=runs: jax.nn.log_softmax(models.predict_at_mean(model, runs.params, x))
-    log_probs[BASELINES.get(name, "IVON (mean)")] = {s: predict(x) for s, x in inputs.items()}
+    log_probs[models.BASELINES.get(name, "IVON (mean)")] = {
+      s: predict(x) for s, x in inputs.items()
+    }
     if name == "ivon":
-      log_probs[f"IVON (Bayes, {args.samples})"] = {
-        s: models.bayes_log_probs(model, runs, args.seeds, x, args.samples)
-        for s, x in inputs.items()
+      ivon_runs = runs
+      log_probs[f"IVON (Bayes, {samples})"] = {
+        s: models.bayes_log_probs(model, runs, seeds, x, samples) for s, x in inputs.items()
       }
+  return log_probs, ivon_runs
 
-  aurocs = {}
+
+def main(argv=None) -> dict:
+  args = parse_args(argv)
+  dataset = data.digits()
+  test = dataset.test.inputs
+  inputs = {"digits": test, **out_of_distribution_sets(test)}
+  log_probs, ivon_runs = predictions(
+    dataset,
+    inputs,
+    hidden=args.hidden,
+    seeds=args.seeds,
+    epochs=args.epochs,
+    samples=args.samples,
+    progress=not args.no_progress,
+  )
   print(
     f"AUROC of the predictive entropy, test digits vs. other inputs ({len(args.seeds)} seeds):\n"
   )
   print("| method | uniform noise | shuffled pixels |\n|---|---|---|")
-  for method, by_set in log_probs.items():
-    entropy = {s: ivon_optax.metrics.predictive_entropy(lp) for s, lp in by_set.items()}
-    aurocs[method] = {
-      s: [
-        float(ivon_optax.metrics.ood_auroc(i, o))
-        for i, o in zip(entropy["digits"], entropy[s], strict=True)
-      ]
-      for s in inputs
-      if s != "digits"
-    }
-    cells = [f"{np.mean(v):.3f} ± {np.std(v):.3f}" for v in aurocs[method].values()]
+  aurocs = {method: models.entropy_aurocs(lp, "digits") for method, lp in log_probs.items()}
+  for method, by_set in aurocs.items():
+    cells = [f"{np.mean(v):.3f} ± {np.std(v):.3f}" for v in by_set.values()]
     print(f"| {method} | " + " | ".join(cells) + " |")
+  diagnostics = models.report_diagnostics(ivon_runs.opt_state, ivon_runs.params)
   os.makedirs(args.out, exist_ok=True)
   with open(os.path.join(args.out, "ood_detection.json"), "w") as file:
-    json.dump({"args": vars(args), "auroc": aurocs}, file, indent=1)
+    json.dump(
+      {"args": vars(args), "auroc": aurocs, "ivon_diagnostics": diagnostics}, file, indent=1
+    )
   return aurocs
 
 

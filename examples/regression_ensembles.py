@@ -1,7 +1,8 @@
 """In-between uncertainty: does the ±2σ band cover the true function in the gap between the data?
 
-The 1-D regression of ``regression_1d.py`` (its data, model, loss and
-configurations), fitted by K IVON runs and K AdamW runs per seed, all vmapped.
+The 1-D regression of ``regression_1d.py`` (``data.regression_1d``,
+``models.MeanAndNoiseMLP``, ``models.REGRESSION_CONFIGS``), fitted by K IVON
+runs and K AdamW runs per seed, all vmapped.
 Three predictive distributions per seed:
 
 * **IVON**: member 0, its Bayesian prediction over ``--samples`` weight samples;
@@ -19,22 +20,13 @@ a band covers by blowing up. Mean ± std over seeds.
 """
 
 import argparse
-import dataclasses
 import json
 import os
 
+import data
 import jax
 import models
 import numpy as np
-from regression_1d import ADAMW_CONFIG
-from regression_1d import DATA_INTERVALS
-from regression_1d import GAP
-from regression_1d import IVON_CONFIG
-from regression_1d import MeanAndNoiseMLP
-from regression_1d import gaussian_nll
-from regression_1d import make_data
-from regression_1d import region_masks
-from regression_1d import true_function
 
 import ivon_optax
 import ivon_optax.ensemble
@@ -47,7 +39,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument("--hidden", type=int, nargs="+", default=[64, 64])
   parser.add_argument("--members", type=int, default=4)
   parser.add_argument("--samples", type=int, default=64, help="weight samples per IVON member")
-  parser.add_argument("--beta2", type=float, default=IVON_CONFIG.beta2)
+  parser.add_argument("--beta2", type=float, default=models.REGRESSION_CONFIGS["ivon"].beta2)
   parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
   parser.add_argument("--out", default="outputs")
   parser.add_argument("--no-progress", action="store_true")
@@ -98,30 +90,29 @@ def coverage(moments, truth: np.ndarray, masks: dict) -> dict:
   }
 
 
+def run_seeds(seeds, members: int) -> list[int]:
+  """Run ``1000 s + k`` is member k of seed s's ensemble."""
+  return [1000 * s + k for s in seeds for k in range(members)]
+
+
 def main(argv=None) -> dict:
   args = parse_args(argv)
-  x_train, y_train = make_data(args.num_points)
-  model = MeanAndNoiseMLP(tuple(args.hidden))
+  train = data.regression_1d(args.num_points)
+  model = models.MeanAndNoiseMLP(tuple(args.hidden))
   num_seeds, members = len(args.seeds), args.members
-  run_seeds = [1000 * s + k for s in args.seeds for k in range(members)]
-  fits = {
-    config.name: models.train(
-      model,
-      config,
-      x_train,
-      y_train,
-      seeds=run_seeds,
-      epochs=args.epochs,
-      loss_fn=gaussian_nll,
-      progress=not args.no_progress,
-    )
-    for config in (dataclasses.replace(IVON_CONFIG, beta2=args.beta2), ADAMW_CONFIG)
-  }
+  fits = models.fit_regression(
+    train,
+    hidden=args.hidden,
+    seeds=run_seeds(args.seeds, members),
+    epochs=args.epochs,
+    beta2=args.beta2,
+    progress=not args.no_progress,
+  )
   x_grid = np.linspace(-4.0, 4.0, 401, dtype=np.float32)
   bands = predictive_bands(
     model, fits["ivon"], fits["adamw"], num_seeds, members, args.samples, x_grid[:, None]
   )
-  truth, masks = true_function(x_grid), region_masks(x_grid)
+  truth, masks = data.true_function(x_grid), data.regression_regions(x_grid)
   results = {method: coverage(m, truth, masks) for method, m in bands.items()}
 
   spread = lambda values: f"{np.mean(values):.2f} ± {np.std(values):.2f}"
@@ -133,18 +124,24 @@ def main(argv=None) -> dict:
   for method, by_region in results.items():
     cells = [f"{spread(r['coverage'])} ({np.mean(r['std']):.3f})" for r in by_region.values()]
     print(f"| {method} | " + " | ".join(cells) + " |")
+  diagnostics = models.report_diagnostics(fits["ivon"].opt_state, fits["ivon"].params)
 
   os.makedirs(args.out, exist_ok=True)
   path = os.path.join(args.out, "regression_ensembles.png")
-  plot(x_train, y_train, x_grid, bands, path)
+  plot(train, x_grid, bands, path)
   print(f"\nPlot (seed {args.seeds[0]}): {path}")
-  summary = {"args": vars(args), "results": results, "plot": path}
+  summary = {
+    "args": vars(args),
+    "results": results,
+    "ivon_diagnostics": diagnostics,
+    "plot": path,
+  }
   with open(os.path.join(args.out, "regression_ensembles.json"), "w") as file:
     json.dump(summary, file, indent=1)
   return summary
 
 
-def plot(x_train, y_train, x_grid, bands: dict, path: str) -> None:
+def plot(train: data.Split, x_grid, bands: dict, path: str) -> None:
   import matplotlib
 
   matplotlib.use("Agg")
@@ -155,13 +152,13 @@ def plot(x_train, y_train, x_grid, bands: dict, path: str) -> None:
     panels, bands.items(), ("tab:blue", "tab:green", "tab:red"), strict=True
   ):
     mean, std = np.asarray(moments.mean[0]), np.sqrt(np.asarray(moments.variance[0]))
-    panel.axvspan(*GAP, color="0.92", label="gap")
-    for low, high in DATA_INTERVALS:
+    panel.axvspan(*data.REGRESSION_GAP, color="0.92", label="gap")
+    for low, high in data.REGRESSION_INTERVALS:
       panel.axvspan(low, high, color="0.97")
     panel.fill_between(x_grid, mean - 2 * std, mean + 2 * std, color=color, alpha=0.3)
     panel.plot(x_grid, mean, color=color, label=f"{method}: mean ± 2 std")
-    panel.plot(x_grid, true_function(x_grid), color="0.2", lw=0.8, label="true function")
-    panel.scatter(x_train[:, 0], y_train, s=3, color="k", zorder=3)
+    panel.plot(x_grid, data.true_function(x_grid), color="0.2", lw=0.8, label="true function")
+    panel.scatter(train.inputs[:, 0], train.labels, s=3, color="k", zorder=3)
     panel.set(xlabel="x", ylim=(-3.5, 3.5), title=method)
     panel.legend(loc="lower right", fontsize=7)
   panels[0].set_ylabel("y")

@@ -122,7 +122,9 @@ def score_seed(args, seed: int, show: bool) -> dict:
   test_logits = apply(params, dataset.test.inputs)
   if show:
     plot_grid(os.path.join(args.out, "sensitivity_digits.png"), train, probs, scores, top, bottom)
+  logs = ivon_optax.diagnostics(state, params)
   return {
+    **{key: float(logs[key]) for key in models.KEY_FACTS},
     "test_accuracy": float(np.mean(np.argmax(test_logits, -1) == dataset.test.labels)),
     "top": top.tolist(),
     "bottom": bottom.tolist(),
@@ -156,6 +158,7 @@ def main(argv=None) -> dict:
     f"{spread('spearman_jacobian_vs_sampled')}, median variance ratio sampled/Jacobian "
     f"{spread('median_sampled_over_jacobian_variance')}"
   )
+  print(models.describe_facts({key: [r[key] for r in per_seed] for key in models.KEY_FACTS}))
   summary = {
     "args": vars(args),
     "seeds": per_seed,

@@ -95,7 +95,6 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
-@pytest.mark.slow
 def test_interrupted_runs(env, tmp_path):
   """Resume, crash mid-save, and 8 devices -> 1, against 2k = 24 uninterrupted steps.
 

@@ -50,7 +50,6 @@ def run_python(args, xla_flags="", timeout=300):
   )
 
 
-@pytest.mark.slow
 def test_eight_device_suite():
   """Flavours 1 and 2 on 8 simulated devices (see tests/eight_devices.py)."""
   result = run_python(
@@ -66,7 +65,6 @@ def free_port() -> int:
     return probe.getsockname()[1]
 
 
-@pytest.mark.slow
 def test_two_processes_agree_with_one(tmp_path):
   """2 processes x 4 CPU devices (gloo), flavour 2: both end at the 8-sample one-device result."""
   num_steps, port = 3, free_port()
@@ -202,7 +200,6 @@ def test_axis_name_missing_from_the_mesh_is_named():
 # --- The example -------------------------------------------------------------------
 
 
-@pytest.mark.slow
 def test_data_parallel_example_runs():
   result = run_python(["examples/data_parallel.py", "--devices", "2", "--steps", "6"])
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
