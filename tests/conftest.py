@@ -1,10 +1,26 @@
 """Fixtures and collection rules; the shared helpers live in ``helpers.py``."""
 
+import os
 import pathlib
 
 import jax
 import pytest
 from helpers import make_params
+
+_UNOPTIMIZED = "--xla_backend_optimization_level=0"
+
+
+def pytest_configure(config):
+  """The fast suite compiles without LLVM's optimizations.
+
+  Compiling is most of the fast suite's time on a CPU, and its programs are small.
+  LLVM's optimizations make compiled code faster but do not change its results (XLA
+  uses no fast-math), so they are skipped, except for the study tier's long runs.
+  JAX reads ``XLA_FLAGS`` when it creates its backend, after this hook.
+  """
+  flags = os.environ.get("XLA_FLAGS", "")
+  if config.option.markexpr.strip() != "study" and _UNOPTIMIZED not in flags:
+    os.environ["XLA_FLAGS"] = f"{flags} {_UNOPTIMIZED}".strip()
 
 
 @pytest.fixture
