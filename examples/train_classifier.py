@@ -49,6 +49,9 @@ MNIST1D_CONFIGS = {
   "ivon": Config("ivon", learning_rate=2.0, weight_decay=0.0, temper=16.0),
 }
 CONFIGS = {"mnist1d": MNIST1D_CONFIGS, "digits": MNIST1D_CONFIGS}
+# ivon()'s defaults (those of ivon-opt): ess = N, hess_init 1, beta2 0.99999, weight decay 1e-4;
+# `--ivon-defaults` trains with them at the recipe's learning rate, to show a stuck posterior.
+IVON_DEFAULTS = Config("ivon", learning_rate=2.0, weight_decay=1e-4, hess_init=1.0, beta2=0.99999)
 BASELINES = {"sgd": "SGD", "adamw": "AdamW"}
 METRICS = {
   "accuracy": ("accuracy ↑", +1),
@@ -76,6 +79,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   )
   parser.add_argument(
     "--lr-scale", type=float, default=1.0, help="multiplies every learning rate (stability checks)"
+  )
+  parser.add_argument(
+    "--ivon-defaults", action="store_true", help="IVON with ivon()'s defaults, not the recipe"
   )
   parser.add_argument("--out", default="outputs")
   parser.add_argument("--no-progress", action="store_true")
@@ -205,6 +211,10 @@ def main(argv=None) -> dict:
     for name, config in CONFIGS[args.dataset].items()
     if name in args.optimizers
   }
+  if args.ivon_defaults and "ivon" in configs:
+    configs["ivon"] = dataclasses.replace(
+      IVON_DEFAULTS, learning_rate=IVON_DEFAULTS.learning_rate * args.lr_scale
+    )
   bayes = f"IVON (Bayes, {args.samples})"
   print(
     f"{args.dataset}: {len(train.labels)} train / {len(val.labels)} validation / "
