@@ -50,8 +50,9 @@ MNIST1D_CONFIGS = {
 }
 CONFIGS = {"mnist1d": MNIST1D_CONFIGS, "digits": MNIST1D_CONFIGS}
 # ivon()'s defaults (those of ivon-opt): ess = N, hess_init 1, beta2 0.99999, weight decay 1e-4;
-# `--ivon-defaults` trains with them at the recipe's learning rate, to show a stuck posterior.
-IVON_DEFAULTS = Config("ivon", learning_rate=2.0, weight_decay=1e-4, hess_init=1.0, beta2=0.99999)
+# `--ivon-defaults` trains with them, to show a stuck posterior. At the recipe's learning rate 2
+# they diverge (the learning rate must stay below 2 / (hess_init + weight_decay)); half of it trains.
+IVON_DEFAULTS = Config("ivon", learning_rate=1.0, weight_decay=1e-4, hess_init=1.0, beta2=0.99999)
 BASELINES = {"sgd": "SGD", "adamw": "AdamW"}
 METRICS = {
   "accuracy": ("accuracy ↑", +1),
@@ -250,7 +251,7 @@ def main(argv=None) -> dict:
       logs = jax.vmap(ivon_optax.diagnostics)(runs.opt_state, runs.params)
       ivon_diagnostics = {key: np.asarray(value).tolist() for key, value in logs.items()}
       hyperparameters = ivon_hyperparameters(model, config, args, train.inputs)
-      print("  recipe: " + ", ".join(f"{k} {v:.4g}" for k, v in hyperparameters.items()))
+      print("  IVON: " + ", ".join(f"{k} {v:.6g}" for k, v in hyperparameters.items()))
       # The posterior scale: fitted on validation with its own samples, then the test's.
       scales = fit_posterior_scales(
         model,
@@ -302,7 +303,11 @@ def main(argv=None) -> dict:
   png = os.path.join(args.out, f"reliability_{args.dataset}.png")
   # All seeds' test predictions pooled: steadier bins on a small test set.
   plot_reliability(
-    {method: lp.reshape(-1, lp.shape[-1]) for method, lp in log_probs.items()},
+    {
+      method: lp.reshape(-1, lp.shape[-1])
+      for method, lp in log_probs.items()
+      if bool(jnp.all(jnp.isfinite(lp)))  # a diverged run has no diagram
+    },
     np.tile(test.labels, len(args.seeds)),
     png,
     f"{args.dataset} test set, {len(args.seeds)} seeds pooled",
