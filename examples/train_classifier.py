@@ -51,7 +51,7 @@ MNIST1D_CONFIGS = {
 CONFIGS = {"mnist1d": MNIST1D_CONFIGS, "digits": MNIST1D_CONFIGS}
 # ivon()'s defaults (those of ivon-opt): ess = N, hess_init 1, beta2 0.99999, weight decay 1e-4;
 # `--ivon-defaults` trains with them, to show a stuck posterior. At the recipe's learning rate 2
-# they diverge (the learning rate must stay below 2 / (hess_init + weight_decay)); half of it trains.
+# they diverge (the learning rate must stay below 2 / (hess_init + weight_decay)); half trains.
 IVON_DEFAULTS = Config("ivon", learning_rate=1.0, weight_decay=1e-4, hess_init=1.0, beta2=0.99999)
 BASELINES = {"sgd": "SGD", "adamw": "AdamW"}
 METRICS = {
