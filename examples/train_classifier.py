@@ -229,7 +229,7 @@ def main(argv=None) -> dict:
   start = time.perf_counter()
   model = models.MLP(tuple(args.hidden), dataset.num_classes)
   log_probs, val_log_probs, train_loss, ivon_diagnostics, hyperparameters = {}, {}, {}, {}, {}
-  scaled_bayes, posterior_scales = {}, []
+  scaled_bayes, posterior_scales, by_samples = {}, [], {}
   for name, config in configs.items():
     runs = models.train(
       model,
@@ -245,8 +245,22 @@ def main(argv=None) -> dict:
       store[method] = jax.nn.log_softmax(models.predict_at_mean(model, runs.params, split.inputs))
     train_loss[name] = runs.losses[:, -1].tolist()
     if name == "ivon":
-      for split, store in ((test, log_probs), (val, val_log_probs)):
-        store[bayes] = models.bayes_log_probs(model, runs, args.seeds, split.inputs, args.samples)
+      val_log_probs[bayes] = models.bayes_log_probs(
+        model, runs, args.seeds, val.inputs, args.samples
+      )
+      # The test samples' logits, kept to score the average of the first few too.
+      logits = models.predict_samples(
+        model,
+        runs.params,
+        runs.opt_state,
+        prediction_keys(args.seeds),
+        test.inputs,
+        num_samples=args.samples,
+      )
+      log_probs[bayes] = jax.vmap(ivon_optax.predict.predictive_log_probs)(logits)
+      for count in sorted({1, 4, 16, args.samples} & set(range(1, args.samples + 1))):
+        average = jax.vmap(ivon_optax.predict.predictive_log_probs)(logits[:, :count])
+        by_samples[count] = models.classification_metrics(average, test.labels)["nll"].tolist()
       # Whether h learned from the data or sat at hess_init: one dict per seed.
       logs = jax.vmap(ivon_optax.diagnostics)(runs.opt_state, runs.params)
       ivon_diagnostics = {key: np.asarray(value).tolist() for key, value in logs.items()}
@@ -292,6 +306,11 @@ def main(argv=None) -> dict:
   print("\n".join(lines))
   if ivon_diagnostics:
     print_diagnostics(ivon_diagnostics)
+  if by_samples:
+    print(
+      "IVON Bayes test NLL by the number of samples averaged: "
+      + ", ".join(f"{k}: {np.mean(v):.3f} ± {np.std(v):.3f}" for k, v in by_samples.items())
+    )
   print(
     "\nCalibrated on the validation split (temperature per run; IVON's posterior scale "
     f"{np.mean(posterior_scales) if posterior_scales else float('nan'):.2f} on average):\n"
@@ -320,6 +339,7 @@ def main(argv=None) -> dict:
     "temperatures": temperatures,
     "posterior_scales": posterior_scales,
     "ivon_hyperparameters": hyperparameters,
+    "bayes_nll_by_samples": by_samples,
     "final_train_loss": train_loss,
     "ivon_diagnostics": ivon_diagnostics,
     "comparisons": lines,
