@@ -36,7 +36,7 @@ import ivon_optax.flax
 
 # Chosen on the validation split by `python examples/cnn_nnx.py --sweep`.
 CHOSEN = {
-  "adamw": {"learning_rate": 0.01, "weight_decay": 0.05},
+  "adamw": {"learning_rate": 0.02, "weight_decay": 0.05},
   "ivon": {"learning_rate": 16.0, "temper": 16.0},
 }
 # The sweep's configurations: learning rates a factor 2 apart, and IVON's temper.

@@ -2,7 +2,7 @@
 
 IVON, configured by ``recipe``, must learn ``h`` from the data within a few
 dozen steps and fit the data; the Bayesian average must use the BatchNorm
-statistics of each weight sample, not the running ones.
+statistics of each weight sample, which predict better than the running ones.
 """
 
 import os
@@ -35,20 +35,21 @@ def test_ivon_learns_h_and_fits_and_refreshes_batch_statistics():
   logs = cnn_nnx.ivon_diagnostics(model, optimizer)
   assert logs["learned"] and logs["hess_data_share"] > 0.2, logs
   assert logs["step"] == 32
+  assert np.all(np.isfinite(losses)) and losses[-1] < losses[0] - 0.5, losses
   inputs = jnp.asarray(split.inputs)
-  trained_nll = _nll(cnn_nnx.mean_log_probs(cnn_nnx.eval_view(model), inputs), split.labels)
   untrained_nll = _nll(cnn_nnx.mean_log_probs(cnn_nnx.eval_view(untrained), inputs), split.labels)
-  assert trained_nll < untrained_nll - 0.3, (trained_nll, untrained_nll)
-  assert np.all(np.isfinite(losses))
 
   view, key = cnn_nnx.eval_view(model), jax.random.key(3)
   bayes = lambda refresh: cnn_nnx.bayes_log_probs(
     key, optimizer, view, inputs, inputs, 1.0, num_samples=4, refresh=refresh
   )
   refreshed, running = bayes(True), bayes(False)
-  # The same weight samples: only the BatchNorm statistics differ.
-  assert float(jnp.max(jnp.abs(refreshed - running))) > 1e-2
-  # The running statistics are left as they were (prediction works on a copy).
+  # The same weight samples; only the BatchNorm statistics differ. The running
+  # averages, gathered at other samples while the weights moved, fit none of them.
+  refreshed_nll, running_nll = _nll(refreshed, split.labels), _nll(running, split.labels)
+  assert refreshed_nll < untrained_nll - 0.5, (refreshed_nll, untrained_nll)
+  assert refreshed_nll < running_nll - 0.1, (refreshed_nll, running_nll)
+  # Predicting leaves the model's running statistics as they were.
   np.testing.assert_array_equal(
     cnn_nnx.mean_log_probs(view, inputs), cnn_nnx.mean_log_probs(cnn_nnx.eval_view(model), inputs)
   )
