@@ -47,7 +47,7 @@ GRID = {
 METRICS = ("accuracy", "nll", "ece", "brier")
 CHANNELS = 32
 SCALES = (0.25, 0.35, 0.5, 0.71, 1.0, 1.41)  # candidate posterior scales
-STATS_EXAMPLES = 1024  # training inputs that set each weight sample's BatchNorm statistics
+FIT_SAMPLES = 16  # weight samples per candidate of the posterior-scale fit
 
 
 class CNN(nnx.Module):
@@ -202,21 +202,27 @@ def scores(log_probs, labels) -> dict:
   }
 
 
-def predictions(name, model, optimizer, dataset, *, seed, num_samples, calibrate=True) -> dict:
+def predictions(
+  name, model, optimizer, dataset, *, seed, num_samples, calibrate=True, stats_examples=256
+) -> dict:
   """``{method: (val log probs, test log probs)}`` of one trained run."""
   view = eval_view(model)
   splits = (jnp.asarray(dataset.val.inputs), jnp.asarray(dataset.test.inputs))
   if name == "adamw":
     return {"AdamW": tuple(mean_log_probs(view, x) for x in splits)}
-  stats = jnp.asarray(dataset.train.inputs[:STATS_EXAMPLES])
+  stats = jnp.asarray(dataset.train.inputs[:stats_examples])
   key = jax.random.fold_in(jax.random.key(seed), 2**31 - 2)
   bayes = lambda x, refresh, scale=1.0: bayes_log_probs(
     key, optimizer, view, x, stats, scale, num_samples=num_samples, refresh=refresh
   )
+  # The mean weights with BatchNorm statistics recomputed at them (no temperature fitted).
+  fresh = nnx.clone(view)
+  ivon_optax.flax.refresh_batch_stats(fresh, stats)
   result = {
     "IVON (mean)": tuple(mean_log_probs(view, x) for x in splits),
+    "IVON (mean, BN statistics recomputed)": (None, mean_log_probs(fresh, splits[1])),
     f"IVON (Bayes, {num_samples})": tuple(bayes(x, True) for x in splits),
-    f"IVON (Bayes, {num_samples}, running BN statistics)": tuple(bayes(x, False) for x in splits),
+    f"IVON (Bayes, {num_samples}, running BN statistics)": (None, bayes(splits[1], False)),
   }
   if calibrate:
     # The posterior scale: the validation NLL's minimizer, with its own samples.
@@ -229,11 +235,12 @@ def predictions(name, model, optimizer, dataset, *, seed, num_samples, calibrate
         splits[0],
         stats,
         jnp.asarray(dataset.val.labels),
-        num_samples=num_samples,
+        num_samples=FIT_SAMPLES,
       )
     )
-    result[f"IVON (Bayes, {num_samples}) + posterior scale {scale:.2f}"] = tuple(
-      bayes(x, True, scale) for x in splits
+    result[f"IVON (Bayes, {num_samples}) + posterior scale {scale:.2f}"] = (
+      None,
+      bayes(splits[1], True, scale),
     )
   return result
 
@@ -246,13 +253,22 @@ def ivon_diagnostics(model, optimizer) -> dict:
 DIAGNOSTICS = ("hess_data_share", "learned", "prior_dominant", "step_factor_max", "hess_init_left")
 
 
-def run_config(name, values, dataset, *, seeds, epochs, num_samples, calibrate, progress=True):
+def run_config(
+  name, values, dataset, *, seeds, epochs, num_samples, calibrate, stats_examples, progress=True
+):
   """Trains one configuration on every seed; ``{method: {metric: [per seed]}}`` and diagnostics."""
   table, diagnostics = {}, []
   for seed in seeds:
     model, optimizer, losses = train(name, values, dataset.train, seed=seed, epochs=epochs)
     methods = predictions(
-      name, model, optimizer, dataset, seed=seed, num_samples=num_samples, calibrate=calibrate
+      name,
+      model,
+      optimizer,
+      dataset,
+      seed=seed,
+      num_samples=num_samples,
+      calibrate=calibrate,
+      stats_examples=stats_examples,
     )
     if name == "ivon":
       diagnostics.append(ivon_diagnostics(model, optimizer))
@@ -260,12 +276,13 @@ def run_config(name, values, dataset, *, seeds, epochs, num_samples, calibrate, 
       method = method.split(" + posterior scale")[0] + (
         " + posterior scale" if "posterior scale" in method else ""
       )
-      split_scores = {"val": scores(val, dataset.val.labels)}
+      split_scores = {} if val is None else {"val": scores(val, dataset.val.labels)}
       if calibrate:
         split_scores["test"] = scores(test, dataset.test.labels)
+      if calibrate and val is not None:
         temperature = ivon_optax.calibration.fit_temperature(val, jnp.asarray(dataset.val.labels))
         scaled = ivon_optax.calibration.temperature_scale(test, temperature)
-        if "posterior scale" not in method and "running" not in method:
+        if "running" not in method:
           tscaled = table.setdefault(f"{method} + temperature", {})
           for metric, value in scores(scaled, dataset.test.labels).items():
             tscaled.setdefault("test_" + metric, []).append(value)
@@ -305,6 +322,7 @@ def sweep(dataset, args) -> dict:
         epochs=args.epochs,
         num_samples=args.samples,
         calibrate=False,
+        stats_examples=args.stats_examples,
         progress=False,
       )
       method = "AdamW" if name == "adamw" else f"IVON (Bayes, {args.samples})"
@@ -331,7 +349,13 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument("--epochs", type=int, default=20)
   parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
   parser.add_argument("--sweep-seeds", type=int, nargs="+", default=[100, 101])
-  parser.add_argument("--samples", type=int, default=64, help="posterior samples of IVON's average")
+  parser.add_argument("--samples", type=int, default=32, help="posterior samples of IVON's average")
+  parser.add_argument(
+    "--stats-examples",
+    type=int,
+    default=256,
+    help="training inputs that set each weight sample's BatchNorm statistics",
+  )
   parser.add_argument("--sweep", action="store_true", help="choose the configurations instead")
   parser.add_argument(
     "--optimizers", nargs="+", choices=("adamw", "ivon"), default=["adamw", "ivon"]
@@ -370,6 +394,7 @@ def main(argv=None) -> dict:
       epochs=args.epochs,
       num_samples=args.samples,
       calibrate=True,
+      stats_examples=args.stats_examples,
     )
     table.update(part)
     diagnostics += logs
