@@ -7,12 +7,13 @@ configured by ``ivon_optax.recipe``. BatchNorm's statistics depend on the
 weights, so the Bayesian model average recomputes them for every weight
 sample on training inputs (``sample_nnx_outputs(batch_stats_inputs=...)``);
 the table also shows the average with the running statistics gathered during
-training, and every method after calibration fitted on the validation split
-(temperature scaling; posterior scaling for IVON). IVON's diagnostics (how
+training, the mean weights with statistics recomputed at them, and every
+method after calibration fitted on the validation split (temperature
+scaling; posterior scaling for IVON). IVON's diagnostics (how
 much of ``h`` the data set) are printed.
 
     python examples/cnn_nnx.py             # the chosen configurations, 5 seeds, test set
-    python examples/cnn_nnx.py --sweep     # choose them on the validation split
+    python examples/cnn_nnx.py --sweep --samples 32 --stats-examples 1024   # choose them
 
 The sweep scores every configuration by validation NLL + ECE (means over 2
 seeds), IVON as its Bayesian model average, and picks the lowest.
