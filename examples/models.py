@@ -72,6 +72,9 @@ class OptimizerConfig:
   beta2: float = 0.99999  # IVON's Hessian decay.
   warmup_epochs: int = 5
   schedule: str = "cosine"  # or 'constant' (no warm-up either).
+  # IVON's temperature k: if set, ess, weight_decay, hess_init and beta2 come from
+  # ivon_optax.recipe(init params, num_train=N, num_steps=T, temper=k) (the fields are ignored).
+  temper: float | None = None
 
   def __post_init__(self):
     if self.name not in OPTIMIZERS:
@@ -86,6 +89,8 @@ class OptimizerConfig:
 
   def describe(self) -> str:
     text = f"lr {self.learning_rate:g}, wd {self.weight_decay:g}, batch {self.batch_size}"
+    if self.name == "ivon" and self.temper is not None:
+      return f"lr {self.learning_rate:g}, recipe(temper={self.temper:g}), batch {self.batch_size}"
     if self.name == "ivon":
       text += f", h0 {self.hess_init:g}, beta2 {self.beta2:g}"
     if self.name == "sgd":
@@ -96,7 +101,7 @@ class OptimizerConfig:
 def make_optimizer(name, values, *, ess, schedule, total_steps, warmup_steps):
   """The optax optimizer ``name`` with hyperparameter ``values`` (plain or traced numbers).
 
-  IVON's effective sample size ``ess`` is the training-set size, as the paper advises.
+  IVON's effective sample size is ``values["ess"]`` if given (``recipe``'s), else ``ess``.
   """
   if schedule == "cosine":
     shape = optax.warmup_cosine_decay_schedule(
@@ -108,7 +113,7 @@ def make_optimizer(name, values, *, ess, schedule, total_steps, warmup_steps):
   if name == "ivon":
     return ivon_optax.ivon(
       learning_rate,
-      ess=ess,
+      ess=values.get("ess", ess),
       hess_init=values["hess_init"],
       beta2=values["beta2"],
       weight_decay=values["weight_decay"],
@@ -121,11 +126,29 @@ def make_optimizer(name, values, *, ess, schedule, total_steps, warmup_steps):
   )
 
 
-# The MLP's configurations on MNIST-1D (sweep_classifier.py's choices), used on digits too.
+def recipe_values(config: OptimizerConfig, params, num_train: int, num_steps: int) -> dict:
+  """``config.values()``, with IVON's ``ess``, weight decay, h0 and beta2 from ``recipe``.
+
+  With ``config.temper`` set, ``ivon_optax.recipe(params, num_train=num_train,
+  num_steps=num_steps, temper=config.temper)`` gives them; otherwise
+  ``config.values()`` is returned unchanged (and ``ess`` is the training-set size).
+  """
+  values = config.values()
+  if config.name == "ivon" and config.temper is not None:
+    values.update(
+      ivon_optax.recipe(params, num_train=num_train, num_steps=num_steps, temper=config.temper)
+    )
+  elif config.name == "ivon":
+    values["ess"] = float(num_train)
+  return values
+
+
+# The MLP's configurations on MNIST-1D (sweep_classifier.py's choices on validation data),
+# used on digits too. IVON's ess, weight decay, h0 and beta2 come from recipe(temper=16).
 CLASSIFIER_CONFIGS = {
   "sgd": OptimizerConfig("sgd", learning_rate=0.4, weight_decay=1e-3),
   "adamw": OptimizerConfig("adamw", learning_rate=0.02, weight_decay=0.5),
-  "ivon": OptimizerConfig("ivon", learning_rate=2.0, weight_decay=1e-3, hess_init=0.1, beta2=0.999),
+  "ivon": OptimizerConfig("ivon", learning_rate=2.0, weight_decay=0.0, temper=16.0),
 }
 
 
@@ -328,7 +351,6 @@ def train(
     warmup_steps=min(first.warmup_epochs, epochs) * steps_per_epoch if cosine else 0,
     ess=float(len(inputs)),
   )
-  values = {k: jnp.asarray([c.values()[k] for c in configs], jnp.float32) for k in first.values()}
   keys = jax.vmap(jax.random.key)(jnp.asarray(seeds))
   inputs, targets = jnp.asarray(inputs), jnp.asarray(targets)
   if params is None:
@@ -336,6 +358,8 @@ def train(
     params = jax.vmap(init)(keys)
   else:
     params = jax.tree.map(lambda p: jnp.broadcast_to(p, (len(seeds), *jnp.shape(p))), params)
+  run_values = [recipe_values(c, select(params, 0), len(inputs), plan.total_steps) for c in configs]
+  values = {k: jnp.asarray([v[k] for v in run_values], jnp.float32) for k in run_values[0]}
   opt_state = _init(plan, params, values)
   losses = []
   label = f"{first.name} x{len(seeds)}"
