@@ -14,8 +14,9 @@ def pytest_configure(config):
   """The fast suite compiles without LLVM's optimizations.
 
   Compiling is most of the fast suite's time on a CPU, and its programs are small.
-  LLVM's optimizations make compiled code faster but do not change its results (XLA
-  uses no fast-math), so they are skipped, except for the study tier's long runs.
+  LLVM's optimizations make compiled code faster and change its results only by
+  round-off (XLA uses no fast-math), so they are skipped, except for the study tier's
+  long runs.
   JAX reads ``XLA_FLAGS`` when it creates its backend, after this hook.
   """
   flags = os.environ.get("XLA_FLAGS", "")

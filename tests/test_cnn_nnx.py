@@ -12,6 +12,7 @@ import flax.nnx as nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
 sys.path.insert(0, EXAMPLES)
@@ -26,6 +27,7 @@ def _nll(log_probs, labels):
   return float(ivon_optax.metrics.negative_log_likelihood(log_probs, jnp.asarray(labels)))
 
 
+@pytest.mark.study
 def test_ivon_learns_h_and_fits_and_refreshes_batch_statistics():
   split = data.mnist1d(num_train=256, num_test=64).train
   values = {"learning_rate": 16.0, "temper": 16.0}

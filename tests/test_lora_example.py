@@ -39,6 +39,7 @@ def test_select_picks_the_lowest_mean_validation_nll_and_skips_nan():
   assert grid[1]["val_nll"] == math.inf
 
 
+@pytest.mark.study
 def test_lora_model_starts_as_the_restored_base_and_ivon_tunes_its_adapters(tmp_path):
   args = lora_finetune.parse_args([*TINY, "--out", str(tmp_path)])
   source = data.mnist1d(num_train=1000, num_val=0, num_test=200)

@@ -37,6 +37,7 @@ def test_continual_tasks_are_permutations_of_one_task():
     assert not np.array_equal(task.x_train, first.x_train)
 
 
+@pytest.mark.study
 def test_continual_vcl_learns_each_task_and_hands_its_posterior_on():
   tasks = continual.permuted_tasks(2, num_samples=1000)
   # Test sets as large as the validation sets: one compiled evaluation serves both.
@@ -57,6 +58,7 @@ def test_continual_vcl_learns_each_task_and_hands_its_posterior_on():
   assert min(facts["prior_dominant"]) > 0.1, facts
 
 
+@pytest.mark.study
 def test_finetune_prior_keeps_the_pretrained_task_with_the_posterior_as_prior():
   original_train, original_test = data.mnist1d_arrays(1000)
   shifted_train, shifted_val, _ = finetune_prior.few_shot_splits(50, 100, num_samples=1000)

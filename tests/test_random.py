@@ -288,9 +288,15 @@ def test_narrow_dtypes(dtype):
   """
   key = jax.random.key(5)
   x = draws(noise.counter_normal, key, shape=(1 << 21,), dtype=dtype)
-  chex.assert_trees_all_equal(
-    x.astype(dtype), draws(noise.counter_normal, key, shape=(1 << 21,)).astype(dtype)
-  )
+  rounded = draws(noise.counter_normal, key, shape=(1 << 21,)).astype(dtype)
+  # Two programs: the float32 values may differ in their last bits, which can move a value
+  # near a rounding boundary of the narrow type by one of its ulps, and a program may flush
+  # the narrow type's subnormals to zero.
+  wide, narrow = (np.asarray(v, np.float32) for v in (rounded, x))
+  finfo = jnp.finfo(dtype)
+  bound = float(finfo.eps) * np.abs(wide) + float(finfo.smallest_normal)
+  assert np.all(np.abs(narrow - wide) <= bound), np.max(np.abs(narrow - wide) / bound)
+  assert np.mean(narrow == wide) > 0.999
   assert_p_values({**moment_p_values(x), **goodness_of_fit_p_values(x, dtype), **tail_p_values(x)})
 
 

@@ -200,6 +200,7 @@ def test_axis_name_missing_from_the_mesh_is_named():
 # --- The example -------------------------------------------------------------------
 
 
+@pytest.mark.study
 def test_data_parallel_example_runs():
   result = run_python(["examples/data_parallel.py", "--devices", "2", "--steps", "6"])
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -84,6 +84,7 @@ def test_coverage_counts_the_truth_inside_two_standard_deviations():
   }
 
 
+@pytest.mark.study
 def test_multi_ivon_band_is_wider_in_the_gap_than_one_member():
   hidden, members = (16, 16), 2
   model = models.MeanAndNoiseMLP(hidden)
