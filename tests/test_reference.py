@@ -196,10 +196,15 @@ def max_relative_error(actual, expected):
   return max(jax.tree.leaves(errors))
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
+# Every case with one sample; every way of passing several samples on both Hessian estimators
+# and the schedule (test_sequential_equals_parallel ties the forms together).
+MORE_FORMS = [("parallel", 1), ("sequential", 1), ("parallel", 3), ("sequential", 3)]
+
+
 @pytest.mark.parametrize(
-  "form,num_samples",
-  [("single", 1), ("parallel", 1), ("sequential", 1), ("parallel", 3), ("sequential", 3)],
+  "case,form,num_samples",
+  [(case, "single", 1) for case in sorted(CASES)]
+  + [(case, *form) for case in ("price", "gradsq", "schedule") for form in MORE_FORMS],
 )
 def test_matches_reference(case, form, num_samples):
   options, learning_rate = CASES[case]

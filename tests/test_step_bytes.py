@@ -29,6 +29,7 @@ def _by_program(rows):
   return {row["program"]: row for row in rows}
 
 
+@pytest.mark.study
 def test_accounting_is_deterministic(rows):
   jax.clear_caches()
   again = step_bytes.tree_rows(TREE)

@@ -33,6 +33,7 @@ def test_mixture_is_the_average_of_the_probabilities():
   np.testing.assert_allclose(jnp.exp(ensembles.mixture(log_probs, 0)), [0.4, 0.6], rtol=1e-6)
 
 
+@pytest.mark.study
 def test_bayes_predictor_shrinks_to_the_mean_members_as_tau_goes_to_zero():
   dataset = data.mnist1d(num_train=200, num_val=0, num_test=100)
   model = models.MLP((16,), dataset.num_classes)
