@@ -95,6 +95,7 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
+@pytest.mark.study
 def test_interrupted_runs(env, tmp_path):
   """Resume, crash mid-save, and 8 devices -> 1, against 2k = 24 uninterrupted steps.
 
@@ -184,6 +185,39 @@ def train_state(params):
     "step": jnp.asarray(3),
     "loader": {"epoch": 0, "index": 3},
   }
+
+
+def test_resume_from_a_checkpoint_continues_the_run(tmp_path):
+  """k steps, save, restore into a fresh state, k more: the 2k-step run, in-process."""
+  tx = ivon_optax.ivon(optax.linear_schedule(0.1, 0.0, 10), ess=100.0)
+  inputs = jax.random.normal(jax.random.key(0), (32, 4))
+  targets = inputs @ jnp.arange(1.0, 5.0)
+  loss_fn = lambda p: jnp.mean((inputs @ p["w"] + p["b"] - targets) ** 2)
+  grad_fn = ivon_optax.value_and_grad_at_sample(loss_fn)
+
+  @jax.jit
+  def step(state, key):
+    _, grads, noise = grad_fn(key, state["opt_state"], state["params"])
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"], noise=noise)
+    return {"params": optax.apply_updates(state["params"], updates), "opt_state": opt_state}
+
+  def run(state, steps):
+    for k in steps:
+      state = step(state, jax.random.fold_in(jax.random.key(1), k))
+    return state
+
+  params = {"w": jnp.zeros(4), "b": jnp.zeros(())}
+  start = {"params": params, "opt_state": tx.init(params)}
+  straight = run(start, range(8))
+  manager = ocp.CheckpointManager(tmp_path)
+  manager.save(4, args=ocp.args.StandardSave(run(start, range(4))))
+  manager.wait_until_finished()
+  resumed = run(ivon_optax.checkpoint.restore(ocp.CheckpointManager(tmp_path), start), range(4, 8))
+  assert int(ivon_optax.find_ivon_state(resumed["opt_state"]).count) == 8
+  chex_close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+  jax.tree.map(chex_close, resumed, straight)
+  moved = float(jnp.abs(straight["params"]["w"]).max())
+  assert moved > 0.1, "the run must move the params for the comparison to mean anything"
 
 
 def test_checkpoint_of_another_model_is_named(tmp_path):
