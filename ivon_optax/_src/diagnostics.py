@@ -89,7 +89,8 @@ def diagnostics(
     factor by which IVON's step differs from SGD's with the same learning
     rate (with ``rescale_lr=True``, the default).
   * ``step_factor_max``: its largest value. With ``rescale_lr`` it grows as
-    $h$ falls below $h_0$; beyond about 20 training tends to diverge.
+    $h$ falls below $h_0$; a value that keeps growing over the run warns of
+    divergence.
   * ``effective_lr``: ``learning_rate`` times ``step_factor``, when
     ``learning_rate`` is given (the optimizer state does not hold it).
   * ``step``: the number of steps taken.

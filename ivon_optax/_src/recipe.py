@@ -14,7 +14,10 @@ $$
   the init scale), not whatever ``ess`` and a weight decay chosen apart give.
 * Training starts with $\sigma_0 = 1/\sqrt{\lambda (h_0 + \delta)} = r s$
   (half the init scale), and the step factor $(h_0 + \delta)/(h + \delta)$
-  of ``rescale_lr`` can never exceed $(\rho / r)^2 = 16$.
+  of ``rescale_lr`` stays below $(\rho / r)^2 = 16$ wherever $h \ge 0$. The
+  Price estimate can take $h$ below zero, and weights masked out of the prior
+  have $\delta = 0$, so a few weights can exceed it (``step_factor_max`` of
+  [`diagnostics`][ivon_optax.diagnostics] reports the largest).
 * $h$ remembers $m T$ steps (a third of the run): the initial value keeps a
   weight $e^{-1/m} \approx 5\%$ at the end, and the data set the rest.
 * $k$ tempers the posterior. A diagonal Gaussian over many weights with
